@@ -1,0 +1,157 @@
+"""Image folders, reproducible per-sample augmentation, and the epoch sampler.
+
+Reproducibility design: every sample's random views are drawn from a torch RNG seeded by
+``(seed, epoch, image index)``, and each epoch's order is a permutation seeded by ``(seed, epoch)``.
+The data stream is therefore independent of the number of workers and of where a run was
+interrupted, which makes ``--resume`` exact even in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+logger = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset path or file that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """Image paths with labels; ``classes`` is empty for a plain folder (labels all -1)."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _images_below(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, _, files in os.walk(folder, followlinks=True):
+        found += [Path(dirpath) / f for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(found)
+
+
+def list_images(root: str | Path, labelled: bool | None = None) -> ImageList:
+    """List an ImageFolder tree (``root/<class>/*.jpg``) or a plain folder of images.
+
+    ``labelled=True`` requires the class layout; ``None`` accepts either (labels are then -1 for a
+    plain folder). Raises :class:`DataError` naming the folder for a missing root, an empty class
+    folder or a folder without images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist or is not a folder")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    top_images = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+    if subdirs and not top_images:
+        paths: list[Path] = []
+        labels: list[int] = []
+        for c, d in enumerate(subdirs):
+            imgs = _images_below(d)
+            if not imgs:
+                raise DataError(
+                    f"class folder {d} holds no images (expected files ending in {', '.join(IMG_EXTENSIONS)})"
+                )
+            paths += imgs
+            labels += [c] * len(imgs)
+        return ImageList(root, tuple(paths), tuple(labels), tuple(d.name for d in subdirs))
+    if labelled:
+        raise DataError(f"{root} is not an ImageFolder tree: expected one sub-folder of images per class")
+    if not top_images:
+        raise DataError(f"{root} holds no images (expected files ending in {', '.join(IMG_EXTENSIONS)})")
+    return ImageList(root, tuple(top_images), tuple([-1] * len(top_images)), ())
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image as RGB; a file that cannot be decoded raises :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises several unrelated types for bad files
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one sample's augmentation in one epoch (distinct for every triple)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+class SeededImageDataset(Dataset):
+    """Items are ``(index, seed)`` pairs: the image is decoded and ``transform`` runs under that seed.
+
+    Returns ``(transform(image), label)``. The global torch RNG of the calling process is restored
+    afterwards, so ``num_workers=0`` does not disturb the training process's RNG.
+    """
+
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], object]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        img = load_rgb(self.images.paths[index])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.transform(img)
+        return out, self.images.labels[index]
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Per-rank batches of ``(index, seed)``; the same global order on every rank (drop-last).
+
+    Global batch ``s`` of an epoch is ``perm[s*G:(s+1)*G]`` with ``G = batch * world``; rank ``r``
+    takes its contiguous ``batch``-sized piece, so W processes see exactly the global batches that
+    one process with batch ``W * batch`` would. Call :meth:`set_epoch` before iterating;
+    ``start_step`` skips batches already done (resume).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.epoch = 0
+        self.start_step = 0
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the dataset has {num_samples} images, fewer than one global batch of {batch_size * world}"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // (self.batch_size * self.world)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.num_samples, generator=g).tolist()
+        gb = self.batch_size * self.world
+        for s in range(self.start_step, self.steps_per_epoch):
+            lo = s * gb + self.rank * self.batch_size
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in perm[lo : lo + self.batch_size]]

@@ -1,0 +1,97 @@
+"""Distributed helpers, all no-ops on one process (after detectron2's ``utils/comm.py``).
+
+The launcher is torchrun (``torchrun --nproc_per_node N -m mocobench.cli pretrain ...``): it sets
+RANK / WORLD_SIZE / LOCAL_RANK, and :func:`init_from_env` joins the process group with NCCL when
+CUDA is used and gloo otherwise. mocobench has no distribution layer of its own beyond this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def is_dist() -> bool:
+    """True when a process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return get_rank() == 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(use_cuda: bool) -> bool:
+    """Join the process group described by torchrun's environment; return True if distributed.
+
+    Does nothing (returns False) when WORLD_SIZE is unset or 1, so a plain ``python`` run is a
+    single process with the same code path.
+    """
+    if is_dist():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    logger.info("joined process group: backend=%s rank=%d world=%d", backend, get_rank(), get_world_size())
+    return True
+
+
+def destroy() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+@torch.no_grad()
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0, rank order (no gradient).
+
+    Shape: (B, ...) on each rank -> (world * B, ...). Same-size tensors only, as in the official
+    MoCo ``concat_all_gather``.
+    """
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from ``src``; identity on one process."""
+    if is_dist():
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    """Mean of a Python float over ranks (for logging)."""
+    if not is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / get_world_size()

@@ -1,0 +1,154 @@
+"""Typed pretraining configuration. Defaults are the published recipes (``../shared/docs/protocols.md``).
+
+Fields left at ``None`` take the value of the chosen method's recipe (:data:`RECIPES`) when the
+config is resolved; the resolved config is what is saved beside the outputs. Derived quantities
+(per-process batch, the lr scaled to the batch size, BN splits) are computed by methods and never
+written back into the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+METHODS = ("moco_v1", "moco_v2")
+
+#: Method recipes: MoCo v1 (arXiv 1911.05722 sec. 3.3/4) and v2 (arXiv 2003.04297 table 1),
+#: as in the official ``main_moco.py`` flags (``--mlp --moco-t 0.2 --aug-plus --cos`` for v2).
+RECIPES: dict[str, dict[str, object]] = {
+    "moco_v1": {"moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
+    "moco_v2": {"moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+}
+
+
+class ConfigError(ValueError):
+    """An option value that cannot work; the message names the option and what is expected."""
+
+
+def _f(default, help: str, **kw):  # noqa: A002 - "help" mirrors click
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``mocobench pretrain`` needs. Each field is one CLI option (``--queue-size`` etc.)."""
+
+    data: str = _f("", "ImageFolder tree or plain folder of training images (labels are ignored).")
+    out: str = _f("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.")
+    method: Literal["moco_v1", "moco_v2"] = _f("moco_v2", "Recipe: moco_v1 (arXiv 1911.05722) or moco_v2 (2003.04297).")
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = _f(
+        "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
+    )
+    epochs: int = _f(200, "Training epochs (papers: 200; v2 also 800).")
+    batch_size: int = _f(256, "Global batch size over all processes (papers: 256).")
+    lr: float = _f(0.03, "Base learning rate for a batch of 256; the lr used is lr * batch_size / 256.")
+    lr_schedule: Literal["step", "cosine"] | None = _f(None, "step (v1: x0.1 at the milestones) or cosine (v2).")
+    lr_milestones: tuple[int, ...] = _f((120, 160), "Epochs where the step schedule multiplies lr by 0.1.")
+    momentum: float = _f(0.9, "SGD momentum.")
+    weight_decay: float = _f(1e-4, "SGD weight decay.")
+    image_size: int = _f(224, "Crop size of the training views.")
+    queue_size: int = _f(65536, "Queue size K (number of negatives); must be divisible by the batch size.")
+    dim: int = _f(128, "Feature dimension of the projection head.")
+    moco_m: float = _f(0.999, "Momentum of the key encoder.")
+    moco_t: float | None = _f(None, "Softmax temperature (v1: 0.07, v2: 0.2).")
+    mlp: bool | None = _f(None, "MLP projection head (v2) instead of one fc layer (v1).")
+    aug: Literal["v1", "v2"] | None = _f(None, "Augmentation: v1, or v2 (aug+ with blur).")
+    bn_splits: int | None = _f(
+        None,
+        "BN statistics per sub-batch (shuffling BN on one process, as the MoCo CIFAR demo). "
+        "Default: 8 on one process, 1 under torchrun (the real cross-process shuffle).",
+    )
+    max_steps: int | None = _f(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
+    seed: int = _f(0, "Seed of the model init, data order, augmentation and shuffles.")
+    workers: int = _f(4, "Data-loading worker processes per training process (0: load in the main process).")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto uses CUDA when available.")
+    amp: Literal["none", "bf16", "fp16"] = _f("none", "Mixed precision (fp16 uses a gradient scaler; CUDA only).")
+    channels_last: bool = _f(False, "Use the channels_last memory format.")
+    compile: bool = _f(False, "torch.compile the encoders.")
+    save_every: int = _f(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).")
+    log_every: int = _f(10, "Write a step line to metrics.jsonl every N steps.")
+    resume: str | None = _f(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
+    knn_train: str | None = _f(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).")
+    knn_val: str | None = _f(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).")
+    knn_k: int = _f(200, "kNN monitor: neighbours (MoCo CIFAR demo: 200).")
+    knn_t: float = _f(0.1, "kNN monitor: temperature (MoCo CIFAR demo: 0.1).")
+    knn_every: int = _f(1, "Run the kNN monitor every N epochs (and after the last).")
+
+    # ----------------------------------------------------------------------------- resolution
+    def resolved(self) -> PretrainConfig:
+        """A copy with every ``None`` recipe field filled from :data:`RECIPES` for ``method``."""
+        if self.method not in RECIPES:
+            raise ConfigError(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
+        fill = {k: v for k, v in RECIPES[self.method].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PretrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(names)}")
+        d = dict(d)
+        if "lr_milestones" in d:
+            d["lr_milestones"] = tuple(d["lr_milestones"])
+        return cls(**d)
+
+    # ----------------------------------------------------------------------------- derived values
+    def per_process_batch(self, world: int) -> int:
+        return self.batch_size // world
+
+    def scaled_lr(self) -> float:
+        """Linear scaling rule: ``lr * batch_size / 256`` (0.03 at 256 is the papers' value)."""
+        return self.lr * self.batch_size / 256
+
+    def effective_bn_splits(self, world: int) -> int:
+        return self.bn_splits if self.bn_splits is not None else (8 if world == 1 else 1)
+
+    def validate(self, world: int = 1) -> None:
+        """Raise :class:`ConfigError` naming the option, before any work starts."""
+        if not self.data:
+            raise ConfigError("--data is required: an ImageFolder tree or a folder of images")
+        if not self.out:
+            raise ConfigError("--out is required: the folder for checkpoints and metrics")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"--arch {self.arch!r} is not supported; choose one of {', '.join(ARCHS)}")
+        for name in ("epochs", "batch_size", "queue_size", "dim", "save_every", "log_every", "knn_every", "knn_k"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.batch_size % world:
+            raise ConfigError(f"--batch-size {self.batch_size} must be divisible by the {world} processes")
+        if self.queue_size % self.batch_size:
+            raise ConfigError(
+                f"--queue-size {self.queue_size} must be divisible by the global batch size {self.batch_size} "
+                "(the queue is a ring written one global batch at a time)"
+            )
+        splits = self.effective_bn_splits(world)
+        local = self.per_process_batch(world)
+        if splits < 1 or local % splits or local // splits < 2:
+            raise ConfigError(
+                f"--bn-splits {splits} must divide the per-process batch {local} into sub-batches of at "
+                "least 2 images; pass --bn-splits 1 to turn split BN off"
+            )
+        if not 0.0 <= self.moco_m < 1.0:
+            raise ConfigError(f"--moco-m must be in [0, 1), got {self.moco_m}")
+        if self.moco_t is not None and self.moco_t <= 0:
+            raise ConfigError(f"--moco-t must be positive, got {self.moco_t}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
+        if (self.knn_train is None) != (self.knn_val is None):
+            raise ConfigError("--knn-train and --knn-val go together (the bank and the scored split)")
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
+
+
+#: Fields that may differ between a run and its resumption (they do not change the maths).
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data"}
+)

@@ -1,0 +1,375 @@
+"""The pretraining loop: builds the parts from a :class:`PretrainConfig`, trains, checkpoints, resumes.
+
+``pretrain(cfg)`` is the one entry point (the CLI only parses options). Runs on one CPU process, or
+on N processes under torchrun (gloo on CPU, NCCL on GPU) with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import mocobench
+from mocobench import dist
+from mocobench.checkpoint import CheckpointError, atomic_save, read_checkpoint, strip_wrappers
+from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
+from mocobench.log import setup_logging
+from mocobench.metrics import MetricsWriter
+from mocobench.pretrain.augment import TwoCrops, moco_transform
+from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainConfig
+from mocobench.pretrain.moco import MoCo
+from mocobench.pretrain.monitor import KnnMonitor
+from mocobench.pretrain.schedule import lr_at_epoch
+from mocobench.pretrain.split_bn import SplitBatchNorm
+
+logger = logging.getLogger(__name__)
+
+LAST = "checkpoint_last.pth"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+@dataclass
+class Progress:
+    """Where training stands: ``epoch`` is the epoch in progress (0-based), ``step`` its next step."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda", dist.local_rank())
+    return torch.device("cpu")
+
+
+def build_model(cfg: PretrainConfig, world: int) -> MoCo:
+    """MoCo around a torchvision ResNet; BatchNorm2d becomes SplitBatchNorm when bn_splits > 1."""
+    splits = cfg.effective_bn_splits(world)
+    norm = partial(SplitBatchNorm, num_splits=splits) if splits > 1 else nn.BatchNorm2d
+    arch = getattr(torchvision.models, cfg.arch)
+    return MoCo(
+        lambda: arch(num_classes=cfg.dim, norm_layer=norm),
+        dim=cfg.dim,
+        queue_size=cfg.queue_size,
+        m=cfg.moco_m,
+        temperature=cfg.moco_t,
+        mlp=cfg.mlp,
+    )
+
+
+def _rng_states(shuffle_gen: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "shuffle": shuffle_gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": random.getstate(),
+    }
+
+
+def _restore_rng(states: dict, shuffle_gen: torch.Generator) -> None:
+    shuffle_gen.set_state(states["shuffle"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(("MT19937", states["numpy"]["key"].numpy().astype(np.uint32), states["numpy"]["pos"]))
+    random.setstate(states["python"])
+
+
+def make_checkpoint(cfg, moco, optimizer, scaler, progress: Progress, shuffle_gen) -> dict:
+    """Official layout (``epoch``, ``arch``, ``state_dict`` with ``module.`` keys, ``optimizer``) plus ours."""
+    return {
+        "epoch": progress.epoch,  # as official: the next epoch to run when ``step`` is 0
+        "arch": cfg.arch,
+        "state_dict": {"module." + k: v for k, v in moco.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "format": "mocobench",
+        "format_version": 1,
+        "mocobench_version": mocobench.__version__,
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "step_in_epoch": progress.step,
+        "global_step": progress.global_step,
+        "scheduler": {"name": cfg.lr_schedule, "lr": optimizer.param_groups[0]["lr"]},
+        "scaler": scaler.state_dict(),
+        "rng": _rng_states(shuffle_gen),
+    }
+
+
+def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from, or None. Never starts fresh silently over an existing run."""
+    last = out / LAST
+    if cfg.resume is None:
+        if last.exists():
+            raise ConfigError(
+                f"{out} already holds a run ({last}); pass --resume auto to continue it or choose another --out"
+            )
+        return None
+    if cfg.resume == "auto":
+        if last.exists():
+            return last
+        logger.info("--resume auto: no %s yet, starting a fresh run", last)
+        return None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: no such checkpoint file")
+    return path
+
+
+def check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
+    """Refuse to resume with settings that change the maths (listing them)."""
+    current = cfg.to_dict()
+    diff = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ConfigError(f"cannot resume {path} with different settings ({lines})")
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    moco: MoCo,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    shuffle_gen: torch.Generator,
+    progress: Progress,
+    cfg: PretrainConfig,
+    device: torch.device,
+    metrics: MetricsWriter,
+) -> dict[str, float]:
+    """Train until the epoch ends or ``cfg.max_steps`` is reached; returns the epoch's mean metrics."""
+    model.train()
+    world = dist.get_world_size()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    lr = optimizer.param_groups[0]["lr"]
+    sums = {"loss": 0.0, "acc1": 0.0}
+    steps = 0
+    t_epoch = t_last = time.perf_counter()
+    bar = tqdm(
+        total=len(loader.batch_sampler) + progress.step,
+        initial=progress.step,
+        desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+        disable=not dist.is_main(),
+        dynamic_ncols=True,
+        mininterval=2.0,
+    )
+    for (im_q, im_k), _ in loader:
+        if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
+            break
+        im_q = im_q.to(device, non_blocking=True, memory_format=fmt)
+        im_k = im_k.to(device, non_blocking=True, memory_format=fmt)
+        with _autocast(device, cfg.amp):
+            logits, labels, keys = model(im_q, im_k, shuffle_gen)
+            loss = F.cross_entropy(logits.float(), labels)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {progress.epoch + 1}, step {progress.step} "
+                f"(global step {progress.global_step}); stopped without saving this state. The last good "
+                f"checkpoint is {Path(cfg.out) / LAST} (if one was written). Try a lower --lr."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        moco.enqueue(keys)
+        acc1 = 100.0 * (logits.argmax(dim=1) == 0).float().mean().item()
+
+        progress.step += 1
+        progress.global_step += 1
+        steps += 1
+        sums["loss"] += loss_value
+        sums["acc1"] += acc1
+        now = time.perf_counter()
+        ips = im_q.shape[0] * world / max(now - t_last, 1e-9)
+        t_last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", acc1=f"{acc1:.1f}", lr=f"{lr:.4g}", ips=f"{ips:.0f}", refresh=False)
+        if progress.global_step % cfg.log_every == 0:
+            metrics.write(
+                {
+                    "kind": "step",
+                    "epoch": progress.epoch,
+                    "step": progress.step,
+                    "global_step": progress.global_step,
+                    "loss": loss_value,
+                    "acc1": acc1,
+                    "lr": lr,
+                    "images_per_s": ips,
+                }
+            )
+    bar.close()
+    elapsed = time.perf_counter() - t_epoch
+    n = max(steps, 1)
+    return {
+        "loss": sums["loss"] / n,
+        "acc1": sums["acc1"] / n,
+        "lr": lr,
+        "steps": steps,
+        "images_per_s": steps * cfg.batch_size / max(elapsed, 1e-9),
+        "time_s": elapsed,
+    }
+
+
+def _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out: Path, periodic: bool) -> None:
+    if not dist.is_main():
+        return
+    payload = make_checkpoint(cfg, moco, optimizer, scaler, progress, shuffle_gen)
+    atomic_save(payload, out / LAST)
+    if periodic:
+        atomic_save(payload, out / f"checkpoint_{progress.epoch:04d}.pth")
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "mocobench": mocobench.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) a MoCo pretraining; returns the path of the last checkpoint."""
+    cfg = cfg.resolved()
+    device = select_device(cfg.device)
+    dist.init_from_env(device.type == "cuda")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg.validate(world)
+    out = Path(cfg.out)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    setup_logging(rank, out / "log.txt")
+    resume_path = resolve_resume(cfg, out)
+    payload = read_checkpoint(resume_path) if resume_path else None
+    if payload is not None:
+        check_resumable(payload.get("config", {}), cfg, resume_path)
+
+    images = list_images(cfg.data)
+    local_batch = cfg.per_process_batch(world)
+    sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
+    dataset = SeededImageDataset(images, TwoCrops(moco_transform(cfg.aug, cfg.image_size)))
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+    )
+
+    torch.manual_seed(cfg.seed)
+    moco = build_model(cfg, world).to(device)
+    if cfg.channels_last:
+        moco = moco.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        moco.encoder_q.compile()
+        moco.encoder_k.compile()
+    model: nn.Module = moco
+    if world > 1:
+        # The queue and BN buffers need no broadcast: every rank enqueues the same gathered keys,
+        # and rank 0 (whose buffers are saved) is unaffected by a broadcast of its own buffers.
+        model = DistributedDataParallel(
+            moco, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    params = [p for p in moco.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.scaled_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    progress = Progress()
+    metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main())
+
+    if payload is not None:
+        moco.load_state_dict(strip_wrappers(payload["state_dict"]))
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        _restore_rng(payload["rng"], shuffle_gen)
+        progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"])
+        metrics.truncate_after(progress.global_step)
+        logger.info(
+            "resumed %s: epoch %d, step %d (global step %d)",
+            resume_path, progress.epoch + 1, progress.step, progress.global_step,
+        )
+    elif dist.is_main():
+        metrics.path.unlink(missing_ok=True)
+
+    derived = {
+        "world_size": world,
+        "per_process_batch": local_batch,
+        "lr_scaled": cfg.scaled_lr(),
+        "bn_splits": cfg.effective_bn_splits(world),
+        "steps_per_epoch": sampler.steps_per_epoch,
+        "num_images": len(images),
+        "device": str(device),
+    }
+    if dist.is_main():
+        (out / "config.yaml").write_text(
+            yaml.safe_dump({"config": cfg.to_dict(), "derived": derived, "versions": _versions()}, sort_keys=False)
+        )
+    logger.info("MoCo %s %s on %d images: %s", cfg.method, cfg.arch, len(images), derived)
+
+    monitor = None
+    if cfg.knn_train and dist.is_main():
+        monitor = KnnMonitor(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers)
+
+    while progress.epoch < cfg.epochs:
+        if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
+            break
+        epoch = progress.epoch
+        lr = lr_at_epoch(cfg.scaled_lr(), epoch, cfg.epochs, cfg.lr_schedule, cfg.lr_milestones)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sampler.set_epoch(epoch, progress.step)
+        stats = train_one_epoch(model, moco, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics)
+        if progress.step < sampler.steps_per_epoch:  # stopped by --max-steps inside the epoch
+            _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out, periodic=False)
+            break
+        progress.epoch, progress.step = epoch + 1, 0
+        record = {"kind": "epoch", "epoch": epoch, "global_step": progress.global_step, **stats}
+        last_epoch = progress.epoch == cfg.epochs
+        if monitor is not None and (progress.epoch % cfg.knn_every == 0 or last_epoch):
+            record.update(monitor.evaluate(moco.encoder_q, device, cfg.channels_last))
+        dist.barrier()
+        metrics.write(record)
+        logger.info(
+            "epoch %d/%d: %s",
+            progress.epoch, cfg.epochs,
+            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                      if k not in ("kind", "epoch")),
+        )
+        _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out,
+              periodic=progress.epoch % cfg.save_every == 0 or last_epoch)
+    dist.barrier()
+    logger.info("done: epoch %d, global step %d; checkpoint %s", progress.epoch, progress.global_step, out / LAST)
+    return out / LAST

@@ -1,0 +1,163 @@
+"""MoCo: the momentum-contrast maths as small functions, and the module that composes them.
+
+He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", arXiv 1911.05722;
+Chen et al., "Improved Baselines with Momentum Contrastive Learning", arXiv 2003.04297. Mechanics
+follow the official ``moco/builder.py`` (facebookresearch/moco @ 87e36d3), see
+``../shared/docs/protocols.md``:
+
+* the key encoder starts as a copy of the query encoder and never receives gradients;
+* the momentum update touches parameters only (BN buffers are not averaged) and runs before the key
+  forward;
+* logits = [q.k+ (N x 1), q.queue (N x K)] / T, cross-entropy with label 0;
+* the queue (C x K) holds L2-normalised keys of the global batch and is a ring, ``ptr = (ptr + N) % K``;
+* shuffling BN: keys are computed on the batch gathered across processes, permuted by a permutation
+  broadcast from rank 0, and unshuffled after the key forward.
+
+One documented difference: the official forward enqueues *inside* the forward, which forces it to
+use ``queue.clone()`` for the negative logits; here the engine enqueues after the optimiser step,
+which computes the same numbers without the copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mocobench import dist
+
+
+@torch.no_grad()
+def momentum_update_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor], m: float) -> None:
+    """In place: ``k = k * m + q * (1 - m)`` for each pair (official ``_momentum_update_key_encoder``).
+
+    Uses the fused ``_foreach`` kernels: one launch for all parameters instead of a Python loop.
+    """
+    params_k = list(params_k)
+    torch._foreach_mul_(params_k, m)
+    torch._foreach_add_(params_k, list(params_q), alpha=1.0 - m)
+
+
+def contrastive_logits(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE logits and labels (positive at column 0).
+
+    Shape: q (N, C), k (N, C), queue (C, K) -> logits (N, 1 + K), labels (N,) all zero.
+    """
+    l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # positive logits: N x 1
+    l_neg = torch.einsum("nc,ck->nk", q, queue)  # negative logits: N x K
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return logits, labels
+
+
+@torch.no_grad()
+def enqueue_(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Ring-buffer update in place: write ``keys`` (N, C) as columns at ``ptr``, advance ptr by N mod K.
+
+    Shape: queue (C, K), ptr (1,) long, keys (N, C). Requires ``K % N == 0`` (checked by the
+    config before training; asserted here as the official builder does).
+    """
+    n = keys.shape[0]
+    size = queue.shape[1]
+    p = int(ptr)
+    if size % n != 0:
+        raise ValueError(f"queue size K={size} is not divisible by the global batch size N={n}")
+    queue[:, p : p + n] = keys.T
+    ptr[0] = (p + n) % size
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle the global batch across processes (official ``_batch_shuffle_ddp``).
+
+    Gathers x from all ranks, draws a permutation on rank 0 (from ``generator``), broadcasts it,
+    and returns this rank's slice of the permuted batch with the inverse permutation.
+    On one process this is a plain in-batch permutation (the MoCo CIFAR demo's single-GPU shuffle).
+    Shape: x (B, ...) -> (B, ...), idx_unshuffle (world * B,).
+    """
+    x_all = dist.all_gather_cat(x)
+    world = x_all.shape[0] // x.shape[0]
+    idx_shuffle = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
+    dist.broadcast_(idx_shuffle, src=0)
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    idx_this = idx_shuffle.view(world, -1)[dist.get_rank()]
+    return x_all[idx_this], idx_unshuffle
+
+
+@torch.no_grad()
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`batch_shuffle` (official ``_batch_unshuffle_ddp``). Shape: (B, ...) -> (B, ...)."""
+    x_all = dist.all_gather_cat(x)
+    world = x_all.shape[0] // x.shape[0]
+    idx_this = idx_unshuffle.view(world, -1)[dist.get_rank()]
+    return x_all[idx_this]
+
+
+def add_mlp_head(encoder: nn.Module) -> None:
+    """MoCo v2 head: replace ``fc`` (D -> dim) by Linear(D, D) -> ReLU -> fc, in place (no BN).
+
+    Key names match the official checkpoints: ``fc.0.*`` and ``fc.2.*``.
+    """
+    dim_mlp = encoder.fc.weight.shape[1]
+    encoder.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), encoder.fc)
+
+
+class MoCo(nn.Module):
+    """Query/key encoders plus the negative-key queue (official ``moco.builder.MoCo``).
+
+    Args:
+        encoder_fn: builds a torchvision-style ResNet whose ``fc`` outputs ``dim`` features.
+        dim: feature dimension C (128).
+        queue_size: K, number of negative keys (65536).
+        m: momentum of the key encoder (0.999).
+        temperature: softmax temperature T (0.07 v1, 0.2 v2).
+        mlp: MoCo v2 MLP head.
+    """
+
+    def __init__(
+        self,
+        encoder_fn: Callable[[], nn.Module],
+        dim: int = 128,
+        queue_size: int = 65536,
+        m: float = 0.999,
+        temperature: float = 0.07,
+        mlp: bool = False,
+    ) -> None:
+        super().__init__()
+        self.m = m
+        self.temperature = temperature
+        self.encoder_q = encoder_fn()
+        if mlp:
+            add_mlp_head(self.encoder_q)
+        self.encoder_k = copy.deepcopy(self.encoder_q)  # key encoder starts as a copy
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def forward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor, shuffle_generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One MoCo forward.
+
+        Shape: im_q, im_k (B, 3, H, W) -> logits (B, 1 + K), labels (B,), keys (world * B, C)
+        gathered from all ranks, to be passed to :meth:`enqueue` after the optimiser step.
+        """
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            momentum_update_(self.encoder_k.parameters(), self.encoder_q.parameters(), self.m)
+            im_k, idx_unshuffle = batch_shuffle(im_k, shuffle_generator)
+            k = F.normalize(self.encoder_k(im_k), dim=1)
+            k = batch_unshuffle(k, idx_unshuffle)
+        logits, labels = contrastive_logits(q, k.to(q.dtype), self.queue.to(q.dtype), self.temperature)
+        return logits, labels, dist.all_gather_cat(k.float())
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Dequeue the oldest keys and enqueue ``keys`` (world * B, C)."""
+        enqueue_(self.queue, self.queue_ptr, keys)

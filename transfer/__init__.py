@@ -1,0 +1,3 @@
+"""Transfer tasks (``mocobench transfer --task ...``): classification and detection evaluators run
+on any backbone read through :func:`mocobench.checkpoint.load_backbone`.
+"""
