@@ -148,7 +148,8 @@ class PretrainConfig:
             raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
 
 
-#: Fields that may differ between a run and its resumption (they do not change the maths).
+#: Fields that may differ between a run and its resumption: bookkeeping, plus ``epochs`` (to extend a
+#: run) and ``lr`` (to continue past a non-finite loss with a lower rate). A change is logged.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data"}
+    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data"}
 )

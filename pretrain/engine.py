@@ -144,6 +144,9 @@ def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
 def check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
     """Refuse to resume with settings that change the maths (listing them)."""
     current = cfg.to_dict()
+    for k in sorted(RESUMABLE_CHANGES & current.keys()):
+        if k in saved and saved[k] != current[k] and k in ("epochs", "lr"):
+            logger.warning("resuming with %s=%r (the checkpoint was trained with %r)", k, current[k], saved[k])
     diff = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -154,6 +157,35 @@ def _autocast(device: torch.device, amp: str):
     if amp == "none":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def train_step(
+    model: nn.Module,
+    moco: MoCo,
+    im_q: torch.Tensor,
+    im_k: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    shuffle_gen: torch.Generator,
+    amp: str = "none",
+) -> tuple[float, float]:
+    """One MoCo step: forward (momentum update, shuffled keys), InfoNCE, SGD step, then enqueue.
+
+    ``model`` is ``moco`` or its DDP wrapper. Returns (loss, top-1 % of the positive among the
+    1 + K logits). Raises :class:`NonFiniteLossError` before the optimiser step.
+    """
+    with _autocast(im_q.device, amp):
+        logits, labels, keys = model(im_q, im_k, shuffle_gen)
+        loss = F.cross_entropy(logits.float(), labels)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(f"loss is {loss_value}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    moco.enqueue(keys)
+    return loss_value, 100.0 * (logits.argmax(dim=1) == 0).float().mean().item()
 
 
 def train_one_epoch(
@@ -189,22 +221,14 @@ def train_one_epoch(
             break
         im_q = im_q.to(device, non_blocking=True, memory_format=fmt)
         im_k = im_k.to(device, non_blocking=True, memory_format=fmt)
-        with _autocast(device, cfg.amp):
-            logits, labels, keys = model(im_q, im_k, shuffle_gen)
-            loss = F.cross_entropy(logits.float(), labels)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        try:
+            loss_value, acc1 = train_step(model, moco, im_q, im_k, optimizer, scaler, shuffle_gen, cfg.amp)
+        except NonFiniteLossError as e:
             raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {progress.epoch + 1}, step {progress.step} "
-                f"(global step {progress.global_step}); stopped without saving this state. The last good "
-                f"checkpoint is {Path(cfg.out) / LAST} (if one was written). Try a lower --lr."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        moco.enqueue(keys)
-        acc1 = 100.0 * (logits.argmax(dim=1) == 0).float().mean().item()
+                f"{e} at epoch {progress.epoch + 1}, step {progress.step} (global step {progress.global_step}); "
+                f"stopped without saving this state. The last good checkpoint is {Path(cfg.out) / LAST} "
+                "(if one was written); resume from it with a lower --lr."
+            ) from None
 
         progress.step += 1
         progress.global_step += 1
@@ -301,7 +325,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         # The queue and BN buffers need no broadcast: every rank enqueues the same gathered keys,
         # and rank 0 (whose buffers are saved) is unaffected by a broadcast of its own buffers.
         model = DistributedDataParallel(
-            moco, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            moco, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
         )
     params = [p for p in moco.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.scaled_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -155,7 +155,7 @@ class MoCo(nn.Module):
             k = F.normalize(self.encoder_k(im_k), dim=1)
             k = batch_unshuffle(k, idx_unshuffle)
         logits, labels = contrastive_logits(q, k.to(q.dtype), self.queue.to(q.dtype), self.temperature)
-        return logits, labels, dist.all_gather_cat(k.float())
+        return logits, labels, dist.all_gather_cat(k.to(self.queue.dtype))
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
