@@ -209,7 +209,7 @@ def train_one_epoch(
     steps = 0
     t_epoch = t_last = time.perf_counter()
     bar = tqdm(
-        total=len(loader.batch_sampler) + progress.step,
+        total=loader.batch_sampler.steps_per_epoch,
         initial=progress.step,
         desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
         disable=not dist.is_main(),
@@ -225,7 +225,8 @@ def train_one_epoch(
             loss_value, acc1 = train_step(model, moco, im_q, im_k, optimizer, scaler, shuffle_gen, cfg.amp)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
-                f"{e} at epoch {progress.epoch + 1}, step {progress.step} (global step {progress.global_step}); "
+                f"{e} at epoch {progress.epoch + 1}, step {progress.step + 1} of {loader.batch_sampler.steps_per_epoch}"
+                f" (global step {progress.global_step + 1}); "
                 f"stopped without saving this state. The last good checkpoint is {Path(cfg.out) / LAST} "
                 "(if one was written); resume from it with a lower --lr."
             ) from None

@@ -1,0 +1,84 @@
+"""End-to-end CLI runs on real images (cifar10-sub) and on the synthetic set, and option errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from helpers import TINY, run_cli
+
+from mocobench.checkpoint import read_checkpoint
+from mocobench.metrics import read_metrics
+
+
+def test_pretrain_a_few_steps_on_real_cifar10_images(shared_data, tmp_path):
+    out = tmp_path / "cifar"
+    run_cli(["pretrain", "--data", shared_data / "cifar10-sub" / "train", "--out", out, "--epochs", "1",
+             "--max-steps", "3", *TINY])
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["global_step"] == 3 and ckpt["step_in_epoch"] == 3 and ckpt["epoch"] == 0
+    steps = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "step"]
+    assert [r["global_step"] for r in steps] == [1, 2, 3]
+    assert {"loss", "acc1", "lr", "images_per_s"} <= steps[0].keys()
+    assert all(math.isfinite(r["loss"]) and 0.0 <= r["acc1"] <= 100.0 for r in steps)
+
+
+def test_pretrain_v1_with_knn_monitor_on_the_synthetic_set(synth, tmp_path):
+    out = tmp_path / "v1"
+    run_cli(["pretrain", "--data", synth / "train", "--out", out, "--method", "moco_v1", "--epochs", "1", *TINY,
+             "--knn-train", synth / "train", "--knn-val", synth / "val", "--knn-k", "5"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    cfg, derived = saved["config"], saved["derived"]
+    assert (cfg["moco_t"], cfg["mlp"], cfg["aug"], cfg["lr_schedule"]) == (0.07, False, "v1", "step")
+    assert derived["lr_scaled"] == pytest.approx(0.03 * 16 / 256) and derived["bn_splits"] == 2
+    assert "versions" in saved
+    epoch = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "epoch"][0]
+    assert 0.0 <= epoch["knn_top1"] <= 100.0 and epoch["knn_k"] == 5 and epoch["knn_t"] == 0.1
+    sd = read_checkpoint(out / "checkpoint_last.pth")["state_dict"]
+    assert "module.encoder_q.fc.weight" in sd and "module.encoder_q.fc.0.weight" not in sd  # v1: one fc layer
+    assert (out / "log.txt").read_text().count("epoch 1/1") == 1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--queue-size", "100"], "--queue-size 100 must be divisible by the global batch size 16"),
+        (["--bn-splits", "16"], "--bn-splits 16 must divide the per-process batch 16"),
+        (["--knn-train", "x"], "--knn-train and --knn-val go together"),
+        (["--moco-m", "1.0"], "--moco-m must be in [0, 1)"),
+    ],
+)
+def test_bad_options_fail_before_any_work(synth, tmp_path, extra, message):
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "o", *TINY, *extra], expect_ok=False)
+    assert message in r.output
+    assert not (tmp_path / "o" / "checkpoint_last.pth").exists()
+
+
+def test_unknown_arch_lists_the_choices(synth, tmp_path):
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "o", "--arch", "vgg16"], expect_ok=False)
+    assert "resnet18" in r.output and "resnet50" in r.output
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    r = run_cli(["pretrain", "--data", tmp_path / "missing", "--out", tmp_path / "o", *TINY], expect_ok=False)
+    assert f"data folder {tmp_path / 'missing'} does not exist" in r.output
+
+
+def test_help_lists_every_config_option():
+    out = run_cli(["pretrain", "--help"]).output
+    for opt in ("--queue-size", "--moco-m", "--moco-t", "--bn-splits", "--resume", "--amp", "--channels-last",
+                "--knn-train", "--lr-milestones", "--mlp / --no-mlp"):
+        assert opt in out
+
+
+def test_bf16_autocast_and_channels_last_run_on_the_cpu(synth, tmp_path):
+    out = tmp_path / "amp"
+    run_cli(["pretrain", "--data", synth / "train", "--out", out, "--epochs", "1", "--max-steps", "2", *TINY,
+             "--amp", "bf16", "--channels-last"])
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["state_dict"]["module.queue"].dtype.is_floating_point and ckpt["global_step"] == 2
+    assert math.isfinite(read_metrics(out / "metrics.jsonl")[-1]["loss"])
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "fp16", *TINY, "--amp", "fp16",
+                 "--device", "cpu"], expect_ok=False)
+    assert "--amp fp16 needs CUDA" in r.output

@@ -1,0 +1,95 @@
+"""Exact resume: 2 epochs in one run == 1 epoch + resume + 1 epoch, bit for bit (CPU, fixed seed),
+also when stopped mid-epoch and with a different number of data workers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import TINY, run_cli
+
+from mocobench.checkpoint import read_checkpoint
+
+
+def _pretrain(data, out, *extra):
+    return run_cli(["pretrain", "--data", data / "train", "--out", out, "--epochs", "2", *TINY, *extra])
+
+
+def _assert_same_run(a, b):
+    ca, cb = read_checkpoint(a / "checkpoint_last.pth"), read_checkpoint(b / "checkpoint_last.pth")
+    assert ca["epoch"] == cb["epoch"] == 2 and ca["global_step"] == cb["global_step"] == 8
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for k, v in ca["state_dict"].items():
+        assert torch.equal(v, cb["state_dict"][k]), f"{k} differs after resume"
+    for pid, st in ca["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], cb["optimizer"]["state"][pid]["momentum_buffer"])
+    la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in lb if r["kind"] == "step"]
+    assert steps == list(range(1, 9)), "metrics.jsonl must hold each step once after a resume"
+    assert [r["loss"] for r in la if r["kind"] == "step"] == [r["loss"] for r in lb if r["kind"] == "step"]
+
+
+@pytest.fixture(scope="module")
+def reference(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    _pretrain(synth, out)
+    return out
+
+
+@pytest.mark.parametrize("stop_at,workers", [(4, "0"), (3, "2")], ids=["epoch-boundary", "mid-epoch-2-workers"])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(synth, reference, tmp_path, stop_at, workers):
+    out = tmp_path / "run"
+    _pretrain(synth, out, "--max-steps", stop_at, "--workers", workers)
+    mid = read_checkpoint(out / "checkpoint_last.pth")
+    assert mid["global_step"] == stop_at
+    result = _pretrain(synth, out, "--resume", "auto", "--workers", workers)
+    assert "resumed" in result.output or (out / "log.txt").read_text().count("resumed") == 1
+    _assert_same_run(reference, out)
+
+
+def test_checkpoint_has_the_official_layout_and_our_fields(reference):
+    ckpt = read_checkpoint(reference / "checkpoint_last.pth")
+    assert {"epoch", "arch", "state_dict", "optimizer"} <= ckpt.keys()
+    sd = ckpt["state_dict"]
+    assert {"module.queue", "module.queue_ptr", "module.encoder_q.conv1.weight", "module.encoder_k.fc.2.weight"} <= sd.keys()
+    assert all(k.startswith(("module.encoder_q.", "module.encoder_k.", "module.queue")) for k in sd)
+    assert ckpt["format"] == "mocobench" and ckpt["format_version"] == 1 and ckpt["method"] == "moco_v2"
+    assert ckpt["config"]["moco_t"] == 0.2 and ckpt["config"]["mlp"] is True
+    assert {"shuffle", "torch", "numpy", "python"} <= ckpt["rng"].keys()
+    assert (reference / "checkpoint_0002.pth").exists()
+    assert not list(reference.glob(".*tmp*")), "temporary checkpoint files left behind"
+
+
+def test_resume_errors_are_explicit(synth, reference, tmp_path):
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", reference, "--epochs", "2", *TINY], expect_ok=False)
+    assert "already holds a run" in r.output and "--resume auto" in r.output
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "x", *TINY, "--resume", tmp_path / "nope.pth"],
+                expect_ok=False)
+    assert "nope.pth: no such checkpoint file" in r.output
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes((reference / "checkpoint_last.pth").read_bytes()[:5000])
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "y", *TINY, "--resume", bad], expect_ok=False)
+    assert "bad.pth cannot be read" in r.output
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", reference, "--epochs", "3", *TINY,
+                 "--queue-size", "128", "--resume", "auto"], expect_ok=False)
+    assert "queue_size: checkpoint 64 vs now 128" in r.output
+
+
+def test_resume_auto_without_a_checkpoint_starts_fresh_and_says_so(synth, tmp_path, caplog):
+    out = tmp_path / "fresh"
+    _pretrain(synth, out, "--max-steps", "1", "--resume", "auto")
+    assert read_checkpoint(out / "checkpoint_last.pth")["global_step"] == 1
+    assert "no " in (out / "log.txt").read_text() and "starting a fresh run" in (out / "log.txt").read_text()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synth, tmp_path):
+    out = tmp_path / "nan"
+    _pretrain(synth, out, "--max-steps", "4")  # one good epoch
+    good = (out / "checkpoint_last.pth").read_bytes()
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", out, "--epochs", "2", *TINY, "--resume", "auto",
+                 "--lr", "1e30"], expect_ok=False)
+    assert "loss is nan" in r.output or "loss is inf" in r.output
+    assert "at epoch 2, step 2 of 4 (global step 6)" in r.output and "resume from it with a lower --lr" in r.output
+    assert (out / "checkpoint_last.pth").read_bytes() == good
