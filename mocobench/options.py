@@ -58,6 +58,9 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> Callable:
                     kw["type"] = tp
             if optional and tp is bool:
                 kw["default"] = None
+            if f.metadata.get("required"):
+                kw.update(required=True, show_default=False)
+                kw.pop("default")
             fn = click.option(*decl, f.name, **kw)(fn)
         return fn
 

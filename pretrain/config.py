@@ -35,8 +35,8 @@ def _f(default, help: str, **kw):  # noqa: A002 - "help" mirrors click
 class PretrainConfig:
     """Everything ``mocobench pretrain`` needs. Each field is one CLI option (``--queue-size`` etc.)."""
 
-    data: str = _f("", "ImageFolder tree or plain folder of training images (labels are ignored).")
-    out: str = _f("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.")
+    data: str = _f("", "ImageFolder tree or plain folder of training images (labels are ignored).", required=True)
+    out: str = _f("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
     method: Literal["moco_v1", "moco_v2"] = _f("moco_v2", "Recipe: moco_v1 (arXiv 1911.05722) or moco_v2 (2003.04297).")
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = _f(
         "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
