@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/mocobench data synth $(DEMO_DIR)/data
 	$(VENV)/bin/mocobench pretrain --data $(DEMO_DIR)/data/train --out $(DEMO_DIR)/pretrain \
 	    --method moco_v2 --arch resnet18 --image-size 64 --batch-size 64 --queue-size 1024 \
-	    --epochs 6 --moco-m 0.99 --workers 1 \
+	    --epochs 15 --moco-m 0.99 --workers 1 \
 	    --knn-train $(DEMO_DIR)/data/train --knn-val $(DEMO_DIR)/data/val
 	@echo "demo done: checkpoints and metrics in $(DEMO_DIR)/pretrain"
 

@@ -37,7 +37,8 @@ def pretrain(**options) -> None:
     from mocobench.checkpoint import CheckpointError
     from mocobench.datasets import DataError
     from mocobench.pretrain.config import ConfigError
-    from mocobench.pretrain.engine import NonFiniteLossError, pretrain as run
+    from mocobench.pretrain.engine import NonFiniteLossError
+    from mocobench.pretrain.engine import pretrain as run
 
     try:
         run(PretrainConfig(**options))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mocobench.synth import SynthSpec, write_synthetic_classification
 
 REPO = Path(__file__).resolve().parents[1]

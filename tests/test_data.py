@@ -39,7 +39,7 @@ def test_ranks_partition_each_global_batch_in_order():
     r0, r1 = EpochBatchSampler(20, 4, seed=1, rank=0, world=2), EpochBatchSampler(20, 4, seed=1, rank=1, world=2)
     for s in (one, r0, r1):
         s.set_epoch(3)
-    for full, a, b in zip(one, r0, r1):
+    for full, a, b in zip(one, r0, r1, strict=True):
         assert full == a + b
     assert len(one) == 2  # drop-last: 20 // 8
     one.set_epoch(3, start_step=1)

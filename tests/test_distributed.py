@@ -20,6 +20,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torchvision
+from helpers import TINY
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -27,8 +28,6 @@ from mocobench.checkpoint import read_checkpoint, strip_wrappers
 from mocobench.pretrain.engine import train_step
 from mocobench.pretrain.moco import MoCo
 from mocobench.pretrain.split_bn import SplitBatchNorm
-
-from helpers import TINY
 
 pytestmark = pytest.mark.slow
 STEPS, LOCAL_B, WORLD = 3, 4, 2

@@ -14,7 +14,7 @@ from mocobench.evaluators.knn import knn_scores, topk_accuracy
 def brute_force(queries, bank, labels, num_classes, k, t):
     out = torch.zeros(len(queries), num_classes, dtype=torch.float64)
     for i, q in enumerate(queries):
-        sims = sorted(((float(q @ b), int(y)) for b, y in zip(bank, labels)), reverse=True)[:k]
+        sims = sorted(((float(q @ b), int(y)) for b, y in zip(bank, labels, strict=True)), reverse=True)[:k]
         for s, y in sims:
             out[i, y] += math.exp(s / t)
     return out

@@ -49,9 +49,9 @@ def test_momentum_update_matches_the_official_loop():
     g = torch.Generator().manual_seed(1)
     k = [torch.randn(3, 4, generator=g), torch.randn(7, generator=g)]
     q = [torch.randn(3, 4, generator=g), torch.randn(7, generator=g)]
-    expected = [pk * 0.99 + pq * (1.0 - 0.99) for pk, pq in zip(k, q)]  # builder.py, line by line
+    expected = [pk * 0.99 + pq * (1.0 - 0.99) for pk, pq in zip(k, q, strict=True)]  # builder.py, line by line
     momentum_update_(k, q, 0.99)
-    for a, b in zip(k, expected):
+    for a, b in zip(k, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
 
 

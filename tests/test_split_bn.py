@@ -20,7 +20,7 @@ def test_training_mode_equals_per_chunk_batchnorm():
     for r in refs:
         r.load_state_dict({k: v for k, v in split.state_dict().items()})
     out = split(x)
-    expected = torch.cat([r(chunk) for r, chunk in zip(refs, x.chunk(3))])
+    expected = torch.cat([r(chunk) for r, chunk in zip(refs, x.chunk(3), strict=True)])
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     running_mean = torch.stack([r.running_mean for r in refs]).mean(0)
     running_var = torch.stack([r.running_var for r in refs]).mean(0)
