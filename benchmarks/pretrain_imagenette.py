@@ -21,11 +21,11 @@ import click
 import torch
 
 from mocobench.checkpoint import load_backbone
+from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
 from mocobench.metrics import read_metrics
 from mocobench.pretrain.config import PretrainConfig
 from mocobench.pretrain.engine import pretrain
-from mocobench.pretrain.monitor import KnnMonitor
 
 logger = logging.getLogger("bench")
 RESULTS = Path(__file__).parent / "results"
@@ -53,7 +53,7 @@ def main(data: str, out: str, epochs: int, moco_m: float, lr: float, workers: in
     steps = [r for r in records if r["kind"] == "step"]
     epochs_rec = [r for r in records if r["kind"] == "epoch"]
 
-    monitor = KnnMonitor(cfg.knn_train, cfg.knn_val, cfg.image_size, 200, 0.1, 256, workers)
+    monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, 200, 0.1, 256, workers)
     scores = {}
     for name in ("random", str(ckpt)):
         net, info = load_backbone(name, arch="resnet18", seed=0)
@@ -80,8 +80,8 @@ def main(data: str, out: str, epochs: int, moco_m: float, lr: float, workers: in
     md = [
         "| backbone | kNN top-1 | kNN top-5 |",
         "|---|---|---|",
-        f"| random init (ResNet-18) | {rnd['knn_top1']:.1f} | {rnd['knn_top5']:.1f} |",
-        f"| MoCo v2, {epochs} epochs | {moco['knn_top1']:.1f} | {moco['knn_top5']:.1f} |",
+        f"| random init (ResNet-18) | {rnd['top1']:.1f} | {rnd['top5']:.1f} |",
+        f"| MoCo v2, {epochs} epochs | {moco['top1']:.1f} | {moco['top5']:.1f} |",
     ]
     (RESULTS / "pretrain_imagenette96.md").write_text("\n".join(md) + "\n")
     logger.info("results:\n%s", "\n".join(md))

@@ -46,6 +46,51 @@ def pretrain(**options) -> None:
         raise click.ClickException(str(e)) from e
 
 
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("checkpoint")
+@click.option("--task", "task_name", required=True, help="Task name (mocobench tasks lists them).")
+@click.option("--data", default=None, help="Data root of the task (same as --set data=ROOT).")
+@click.option("--out", default=None, help="Output folder (default: runs/transfer/<task>/<checkpoint name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task config field.")
+@click.option("--arch", default=None, help="Required for 'random'; checked against the checkpoint otherwise.")
+@click.option("--pretraining", default=None, help="Name of the pretraining in results (default: from the checkpoint).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing results.json in --out.")
+def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite) -> None:
+    """Evaluate CHECKPOINT (a file, or 'random') on one transfer task; writes OUT/results.json.
+
+    CHECKPOINT may be a mocobench checkpoint, an official MoCo checkpoint, a torchvision ResNet state
+    dict (supervised baseline) or 'random' (with --arch).
+    """
+    from pathlib import Path
+
+    from mocobench.checkpoint import CheckpointError
+    from mocobench.datasets import DataError
+    from mocobench.evaluators.registry import TaskError
+    from mocobench.transfer.run import run_transfer
+
+    if data is not None:
+        overrides = (f"data={data}", *overrides)
+    out = out or str(Path("runs") / "transfer" / task_name / Path(checkpoint).stem)
+    try:
+        run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite)
+    except (TaskError, DataError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command("tasks")
+def list_tasks() -> None:
+    """List the transfer tasks and their config keys (for --set)."""
+    import dataclasses
+
+    from mocobench.evaluators.registry import tasks
+
+    for task in tasks().values():
+        click.echo(f"{task.name}: {task.summary}")
+        for f in dataclasses.fields(task.config_cls):
+            click.echo(f"    {f.name} = {f.default!r}  {f.metadata.get('help', '')}")
+
+
 @main.group()
 def data() -> None:
     """Data sets: the embedded synthetic set."""

@@ -115,6 +115,20 @@ class SeededImageDataset(Dataset):
         return out, self.images.labels[index]
 
 
+class ImageDataset(Dataset):
+    """Deterministic (evaluation) dataset: ``dataset[i] = (transform(image_i), label_i)``."""
+
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], object]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(load_rgb(self.images.paths[index])), self.images.labels[index]
+
+
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Per-rank batches of ``(index, seed)``; the same global order on every rank (drop-last).
 

@@ -95,3 +95,16 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / get_world_size()
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: this process's CUDA device (LOCAL_RANK) when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda", local_rank())
+    if name != "cpu":
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda")
+    return torch.device("cpu")

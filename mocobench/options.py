@@ -34,6 +34,45 @@ class IntTuple(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
 
 
+def click_type(tp) -> click.ParamType | type:
+    """The click parameter type of a (non-optional) field annotation."""
+    if typing.get_origin(tp) is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(tp)])
+    if typing.get_origin(tp) is tuple:
+        return IntTuple()
+    if tp is bool:
+        return click.BOOL
+    return tp
+
+
+def apply_overrides(cfg, pairs: list[str] | tuple[str, ...]):
+    """A copy of dataclass ``cfg`` with ``key=value`` strings applied, converted to each field's type.
+
+    Unknown keys and bad values raise ``click.BadParameter`` naming the key and the valid keys.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
+        if key not in names:
+            raise click.BadParameter(f"unknown key {key!r}; valid keys: {', '.join(names)}", param_hint="--set")
+        tp, optional = _unwrap_optional(hints[key])
+        if optional and value.lower() in ("none", "null", ""):
+            changes[key] = None
+            continue
+        ptype = click_type(tp)
+        try:
+            changes[key] = ptype.convert(value, None, None) if isinstance(ptype, click.ParamType) else ptype(value)
+        except (ValueError, click.BadParameter) as e:
+            raise click.BadParameter(f"{key}={value!r}: expected {getattr(ptype, '__name__', ptype)} ({e})",
+                                     param_hint="--set") from e
+    return dataclasses.replace(cfg, **changes)
+
+
 def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> Callable:
     """Decorator adding one click option per field of ``cls`` (fields in ``exclude`` are skipped)."""
     hints = typing.get_type_hints(cls)
@@ -49,13 +88,9 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> Callable:
                 decl = [f"{name}/--no-{name[2:]}"]
             else:
                 decl = [name]
-                if typing.get_origin(tp) is typing.Literal:
-                    kw["type"] = click.Choice([str(a) for a in typing.get_args(tp)])
-                elif typing.get_origin(tp) is tuple:
-                    kw["type"] = IntTuple()
+                kw["type"] = click_type(tp)
+                if typing.get_origin(tp) is tuple:
                     kw["default"] = ",".join(map(str, f.default))
-                else:
-                    kw["type"] = tp
             if optional and tp is bool:
                 kw["default"] = None
             if f.metadata.get("required"):

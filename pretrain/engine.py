@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import random
 import time
 from dataclasses import dataclass
@@ -29,14 +28,15 @@ import mocobench
 from mocobench import dist
 from mocobench.checkpoint import CheckpointError, atomic_save, read_checkpoint, strip_wrappers
 from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
+from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
 from mocobench.pretrain.augment import TwoCrops, moco_transform
 from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainConfig
 from mocobench.pretrain.moco import MoCo
-from mocobench.pretrain.monitor import KnnMonitor
 from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.pretrain.split_bn import SplitBatchNorm
+from mocobench.results import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +54,6 @@ class Progress:
     epoch: int = 0
     step: int = 0
     global_step: int = 0
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
-        return torch.device("cuda", dist.local_rank())
-    return torch.device("cpu")
 
 
 def build_model(cfg: PretrainConfig, world: int) -> MoCo:
@@ -276,19 +266,13 @@ def _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out: Path, period
         atomic_save(payload, out / f"checkpoint_{progress.epoch:04d}.pth")
 
 
-def _versions() -> dict[str, str]:
-    return {
-        "mocobench": mocobench.__version__,
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "python": platform.python_version(),
-    }
-
-
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) a MoCo pretraining; returns the path of the last checkpoint."""
     cfg = cfg.resolved()
-    device = select_device(cfg.device)
+    try:
+        device = dist.select_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     dist.init_from_env(device.type == "cuda")
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg.validate(world)
@@ -360,13 +344,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     }
     if dist.is_main():
         (out / "config.yaml").write_text(
-            yaml.safe_dump({"config": cfg.to_dict(), "derived": derived, "versions": _versions()}, sort_keys=False)
+            yaml.safe_dump({"config": cfg.to_dict(), "derived": derived, "versions": package_versions()}, sort_keys=False)
         )
     logger.info("MoCo %s %s on %d images: %s", cfg.method, cfg.arch, len(images), derived)
 
     monitor = None
     if cfg.knn_train and dist.is_main():
-        monitor = KnnMonitor(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers)
+        monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers)
 
     while progress.epoch < cfg.epochs:
         if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
@@ -384,7 +368,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         record = {"kind": "epoch", "epoch": epoch, "global_step": progress.global_step, **stats}
         last_epoch = progress.epoch == cfg.epochs
         if monitor is not None and (progress.epoch % cfg.knn_every == 0 or last_epoch):
-            record.update(monitor.evaluate(moco.encoder_q, device, cfg.channels_last))
+            knn = monitor.evaluate(moco.encoder_q, device, cfg.channels_last)
+            record.update({f"knn_{k}": v for k, v in knn.items()}, knn_k=cfg.knn_k, knn_t=cfg.knn_t)
         dist.barrier()
         metrics.write(record)
         logger.info(

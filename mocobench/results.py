@@ -1,0 +1,89 @@
+"""The one results format: ``<out>/results.json``, read by reports (architecture.md).
+
+``{"schema_version", "task", "checkpoint": {path, sha256, format, arch, epoch}, "pretraining",
+"metrics": {name: value}, "config", "versions", "seed", "time_s", "created"}``. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import mocobench
+from mocobench.checkpoint import BackboneInfo
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read; the message names it."""
+
+
+def package_versions() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    return {
+        "mocobench": mocobench.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_results(
+    out: str | Path,
+    task: str,
+    backbone: BackboneInfo,
+    metrics: dict[str, float],
+    config: dict[str, Any],
+    seed: int,
+    time_s: float,
+    pretraining: str | None = None,
+) -> Path:
+    """Write ``out/results.json``; ``pretraining`` overrides the method read from the checkpoint."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "task": task,
+        "checkpoint": {k: v for k, v in asdict(backbone).items() if k != "method"},
+        "pretraining": pretraining or backbone.method,
+        "metrics": metrics,
+        "config": config,
+        "versions": package_versions(),
+        "seed": seed,
+        "time_s": round(time_s, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = out / RESULTS_FILE
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Load a results file, refusing unknown schema versions."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResultsError(f"results file {path} cannot be read: {e}") from e
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(f"results file {path} has schema_version {version!r}; this mocobench reads {SCHEMA_VERSION}")
+    return record

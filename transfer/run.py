@@ -1,0 +1,46 @@
+"""``mocobench transfer``: one task on one checkpoint, ending in ``<out>/results.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from mocobench.checkpoint import load_backbone
+from mocobench.evaluators.registry import TaskContext, TaskError, get_task
+from mocobench.log import setup_logging
+from mocobench.options import apply_overrides
+from mocobench.results import RESULTS_FILE, write_results
+
+logger = logging.getLogger(__name__)
+
+
+def run_transfer(
+    task_name: str,
+    checkpoint: str,
+    out: str | Path,
+    overrides: tuple[str, ...] = (),
+    arch: str | None = None,
+    pretraining: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Load ``checkpoint`` through the one reader, run the task, write results; returns the results path."""
+    task = get_task(task_name)
+    cfg = apply_overrides(task.config_cls(), overrides)
+    if hasattr(cfg, "data") and not cfg.data:
+        raise TaskError(f"task {task_name} needs data: pass --data ROOT (or --set data=ROOT)")
+    out = Path(out)
+    if (out / RESULTS_FILE).exists() and not overwrite:
+        raise TaskError(f"{out / RESULTS_FILE} exists; pass --overwrite to replace it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(0, out / "log.txt")
+    backbone, info = load_backbone(checkpoint, arch=arch, seed=seed)
+    logger.info("task %s on %s (%s, %s, %s)", task_name, checkpoint, info.format, info.arch, info.method)
+    t0 = time.perf_counter()
+    metrics = task.run(cfg, TaskContext(backbone, info, out))
+    path = write_results(out, task_name, info, metrics, dataclasses.asdict(cfg), seed, time.perf_counter() - t0,
+                         pretraining)
+    logger.info("%s: %s -> %s", task_name, metrics, path)
+    return path
