@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from mocobench import dist
 from mocobench.datasets import DataError, ImageDataset, list_images
+from mocobench.evaluators.features import extract_features
 from mocobench.evaluators.registry import TaskContext, register
 from mocobench.pretrain.augment import eval_transform
 
@@ -33,18 +33,30 @@ def knn_scores(
     k: int = 200,
     t: float = 0.07,
     chunk_size: int = 1024,
+    bank_chunk_size: int = 131072,
 ) -> torch.Tensor:
     """Class scores of each query.
 
+    Similarities are computed in blocks of ``chunk_size`` queries x ``bank_chunk_size`` bank entries,
+    keeping a running top-k, so memory stays O(chunk_size * (bank_chunk_size + k)) for any bank size.
     Shape: queries (M, D), bank (N, D) (both L2-normalised), bank_labels (N,) -> scores (M, num_classes).
     """
     k = min(k, bank.shape[0])
     out = []
     for start in range(0, queries.shape[0], chunk_size):
-        sim = queries[start : start + chunk_size] @ bank.T  # chunk x N cosine similarities
-        top_sim, top_idx = sim.topk(k, dim=1)
+        q = queries[start : start + chunk_size]
+        top_sim = top_idx = None
+        for b0 in range(0, bank.shape[0], bank_chunk_size):
+            sim = q @ bank[b0 : b0 + bank_chunk_size].T  # chunk x block cosine similarities
+            s, i = sim.topk(min(k, sim.shape[1]), dim=1)
+            if top_sim is None:
+                top_sim, top_idx = s, i + b0
+            else:
+                merged = torch.cat([top_sim, s], dim=1)
+                top_sim, pos = merged.topk(min(k, merged.shape[1]), dim=1)
+                top_idx = torch.cat([top_idx, i + b0], dim=1).gather(1, pos)
         weights = (top_sim / t).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+        votes = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
         votes.scatter_add_(1, bank_labels[top_idx], weights)
         out.append(votes)
     return torch.cat(out)
@@ -59,30 +71,6 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
             hit = (ranked[:, :k] == labels[:, None]).any(dim=1)
             res[f"top{k}"] = 100.0 * hit.double().mean().item()
     return res
-
-
-def resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Globally pooled features of a torchvision ResNet, bypassing its ``fc`` head. Shape: (N, D)."""
-    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-    return torch.flatten(net.avgpool(x), 1)
-
-
-@torch.no_grad()
-def extract_features(
-    net: nn.Module, loader, device: torch.device, channels_last: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised pooled features and labels of every sample of ``loader`` (net in eval mode)."""
-    was_training = net.training
-    net.eval()
-    feats, labels = [], []
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for images, y in loader:
-        f = resnet_features(net, images.to(device, memory_format=fmt))
-        feats.append(F.normalize(f.float(), dim=1))
-        labels.append(torch.as_tensor(y).to(device))
-    net.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
 
 
 class KnnEvaluator:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,11 @@ from torch import nn
 from mocobench.checkpoint import BackboneInfo
 
 #: Modules whose import registers tasks.
-EVALUATOR_MODULES = ("mocobench.evaluators.knn",)
+EVALUATOR_MODULES = (
+    "mocobench.evaluators.knn",
+    "mocobench.evaluators.linear",
+    "mocobench.evaluators.finegrained",
+)
 
 
 class TaskError(ValueError):
@@ -27,18 +31,21 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a task run gets besides its config: the backbone (fc = Identity) and where to write."""
+    """What a task run gets besides its config: the backbone (fc = Identity), where to write, the
+    seed, and ``derived``: values the task computes from its config (saved in results.json)."""
 
     backbone: nn.Module
     info: BackboneInfo
     out: Path
+    seed: int = 0
+    derived: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
     config_cls: type
-    run: Callable[[Any, TaskContext], dict[str, float]]
+    run: Callable[[Any, TaskContext], dict[str, float] | None]
     summary: str
 
 
@@ -46,7 +53,8 @@ _REGISTRY: dict[str, Task] = {}
 
 
 def register(name: str, config_cls: type, summary: str) -> Callable:
-    """Decorator: ``@register("knn", KnnConfig, "...")`` on ``run(cfg, ctx) -> metrics``."""
+    """Decorator: ``@register("knn", KnnConfig, "...")`` on ``run(cfg, ctx) -> metrics`` (None: stopped
+    early on purpose, resumable; no results are written)."""
 
     def deco(fn):
         if name in _REGISTRY:

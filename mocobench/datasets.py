@@ -130,7 +130,7 @@ class ImageDataset(Dataset):
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Per-rank batches of ``(index, seed)``; the same global order on every rank (drop-last).
+    """Per-rank batches of ``(index, seed)``; the same global order on every rank (drop-last by default).
 
     Global batch ``s`` of an epoch is ``perm[s*G:(s+1)*G]`` with ``G = batch * world``; rank ``r``
     takes its contiguous ``batch``-sized piece, so W processes see exactly the global batches that
@@ -138,14 +138,19 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     ``start_step`` skips batches already done (resume).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True
+    ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world = world
+        self.drop_last = drop_last
         self.epoch = 0
         self.start_step = 0
+        if not drop_last and world > 1:
+            raise ValueError("drop_last=False is only supported on one process")
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"the dataset has {num_samples} images, fewer than one global batch of {batch_size * world}"
@@ -153,7 +158,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_samples // (self.batch_size * self.world)
+        gb = self.batch_size * self.world
+        return self.num_samples // gb if self.drop_last else -(-self.num_samples // gb)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch = epoch

@@ -54,6 +54,13 @@ def moco_transform(aug: str, image_size: int = 224, blur_sigma: tuple[float, flo
     return T.Compose([*ops, T.ToTensor(), normalize])
 
 
+def linear_train_transform(image_size: int = 224) -> T.Compose:
+    """RandomResizedCrop(size) + flip + normalise (official ``main_lincls.py`` training transform)."""
+    return T.Compose(
+        [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
 def eval_transform(image_size: int = 224) -> T.Compose:
     """Resize(size * 256/224) + CenterCrop(size) + normalise (the linear protocol's test transform)."""
     return T.Compose(

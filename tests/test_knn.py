@@ -20,13 +20,13 @@ def brute_force(queries, bank, labels, num_classes, k, t):
     return out
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 1000])
-def test_knn_scores_match_brute_force(chunk):
+@pytest.mark.parametrize("chunk,bank_chunk", [(1, 1000), (3, 7), (1000, 1), (1000, 1000)])
+def test_knn_scores_match_brute_force(chunk, bank_chunk):
     g = torch.Generator().manual_seed(0)
     bank = F.normalize(torch.randn(40, 6, generator=g), dim=1)
     labels = torch.randint(0, 4, (40,), generator=g)
     queries = F.normalize(torch.randn(7, 6, generator=g), dim=1)
-    scores = knn_scores(queries, bank, labels, 4, k=10, t=0.07, chunk_size=chunk)
+    scores = knn_scores(queries, bank, labels, 4, k=10, t=0.07, chunk_size=chunk, bank_chunk_size=bank_chunk)
     torch.testing.assert_close(scores.double(), brute_force(queries, bank, labels, 4, 10, 0.07), rtol=1e-5, atol=1e-5)
 
 

@@ -25,8 +25,9 @@ def run_transfer(
     pretraining: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
-) -> Path:
-    """Load ``checkpoint`` through the one reader, run the task, write results; returns the results path."""
+) -> Path | None:
+    """Load ``checkpoint`` through the one reader, run the task, write results; returns the results path
+    (None when the task stopped early on purpose, e.g. the linear protocol's ``stop_at``)."""
     task = get_task(task_name)
     cfg = apply_overrides(task.config_cls(), overrides)
     if hasattr(cfg, "data") and not cfg.data:
@@ -39,8 +40,12 @@ def run_transfer(
     backbone, info = load_backbone(checkpoint, arch=arch, seed=seed)
     logger.info("task %s on %s (%s, %s, %s)", task_name, checkpoint, info.format, info.arch, info.method)
     t0 = time.perf_counter()
-    metrics = task.run(cfg, TaskContext(backbone, info, out))
-    path = write_results(out, task_name, info, metrics, dataclasses.asdict(cfg), seed, time.perf_counter() - t0,
-                         pretraining)
+    ctx = TaskContext(backbone, info, out, seed)
+    metrics = task.run(cfg, ctx)
+    if metrics is None:
+        logger.info("%s stopped before the end; run the same command again to resume (no results yet)", task_name)
+        return None
+    config = {**dataclasses.asdict(cfg), "derived": ctx.derived}
+    path = write_results(out, task_name, info, metrics, config, seed, time.perf_counter() - t0, pretraining)
     logger.info("%s: %s -> %s", task_name, metrics, path)
     return path

@@ -1,0 +1,226 @@
+"""The linear classification protocol (official ``main_lincls.py``, facebookresearch/moco @ 87e36d3).
+
+A linear layer on the frozen backbone's pooled features: SGD lr 30 (per 256 images), momentum 0.9,
+weight decay 0, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80; fc initialised N(0, 0.01) with
+zero bias; the backbone stays in eval mode (frozen BN statistics) and is checked to be unchanged after
+the first epoch; training views RandomResizedCrop(224) + flip, test Resize(256) + CenterCrop(224).
+Reported: best and final val top-1/top-5.
+
+Modes:
+
+* ``faithful`` (default): the protocol above, images through the backbone every epoch. Validation
+  features are computed once: the frozen eval-mode backbone and the deterministic test transform give
+  the same features every epoch, so this changes no number. Resumable (``linear_last.pth`` per epoch).
+* ``cached``: backbone features of the training set are extracted once (the centre crop, plus
+  ``cached_views - 1`` augmented views per image), and the same linear layer is trained on them with the
+  same schedule. Much faster; it is an approximation (fewer distinct augmentations).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mocobench import dist
+from mocobench.checkpoint import atomic_save, read_checkpoint
+from mocobench.datasets import EpochBatchSampler, ImageDataset, SeededImageDataset, list_images
+from mocobench.evaluators.features import extract_features, resnet_features
+from mocobench.evaluators.knn import resolve_split, topk_accuracy
+from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.pretrain.augment import eval_transform, linear_train_transform
+from mocobench.pretrain.schedule import lr_at_epoch
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "linear_last.pth"
+
+
+def _f(default, help: str):  # noqa: A002
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class LinearConfig:
+    """Linear protocol settings; defaults are main_lincls.py's."""
+
+    data: str = _f("", "Root with a train split and a val (or test) split of class folders.")
+    train_split: str = _f("train", "Training split under --data.")
+    val_split: str = _f("", "Evaluation split under --data (default: val, else test).")
+    mode: Literal["faithful", "cached"] = _f("faithful", "faithful (images every epoch) or cached (features once).")
+    epochs: int = _f(100, "Training epochs.")
+    lr: float = _f(30.0, "Learning rate per 256 images (used: lr * batch_size / 256).")
+    lr_milestones: tuple[int, ...] = _f((), "Epochs of the x0.1 steps (default: 60% and 80% of --epochs: 60, 80).")
+    momentum: float = _f(0.9, "SGD momentum.")
+    weight_decay: float = _f(0.0, "SGD weight decay.")
+    batch_size: int = _f(256, "Batch size.")
+    image_size: int = _f(224, "Crop size (test: resize to size*256/224, centre crop).")
+    cached_views: int = _f(1, "cached mode: views per training image (1 = centre crop; more add RRC+flip views).")
+    workers: int = _f(4, "Data-loading workers.")
+    device: str = _f("auto", "auto, cpu or cuda.")
+    resume: bool = _f(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
+    stop_at: int = _f(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.")
+
+
+#: Settings that may differ between a faithful run and its resumption.
+RESUMABLE = ("workers", "device", "resume", "stop_at")
+
+
+def milestones(cfg: LinearConfig) -> tuple[int, ...]:
+    """The lr steps: as given, or 60% and 80% of the epochs (60 and 80 at 100 epochs)."""
+    return cfg.lr_milestones or (round(0.6 * cfg.epochs), round(0.8 * cfg.epochs))
+
+
+def new_classifier(dim: int, num_classes: int) -> nn.Linear:
+    """fc with weight ~ N(0, 0.01) and zero bias (main_lincls.py)."""
+    fc = nn.Linear(dim, num_classes)
+    nn.init.normal_(fc.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+def sgd_epoch(fc: nn.Linear, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], optimizer) -> float:
+    """One pass of cross-entropy SGD on (features, labels) batches; returns the mean loss."""
+    fc.train()
+    total, n = 0.0, 0
+    for feats, labels in batches:
+        loss = F.cross_entropy(fc(feats), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(labels)
+        n += len(labels)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    fc.eval()
+    return topk_accuracy(fc(feats), labels)
+
+
+def _feature_batches(backbone, loader, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Frozen features of each training batch (the backbone stays in eval mode, no gradient)."""
+    for images, labels in loader:
+        with torch.no_grad():
+            feats = resnet_features(backbone, images.to(device))
+        yield feats, labels.to(device)
+
+
+def _tensor_batches(feats, labels, batch_size: int, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    perm = perm.to(feats.device)
+    for i in range(0, len(labels), batch_size):
+        idx = perm[i : i + batch_size]
+        yield feats[idx], labels[idx]
+
+
+def _assert_frozen(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
+    """main_lincls.py's sanity check: the backbone must not have changed."""
+    for k, v in backbone.state_dict().items():
+        if not torch.equal(v, reference[k]):
+            raise RuntimeError(f"linear protocol: frozen backbone tensor {k} changed during training")
+
+
+@register("linear", LinearConfig, "linear classifier on the frozen backbone (main_lincls protocol)")
+def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
+    """Train and score the linear classifier; None when ``stop_at`` stopped a faithful run early."""
+    root = Path(cfg.data)
+    train = list_images(resolve_split(root, (cfg.train_split,)), labelled=True)
+    val = list_images(resolve_split(root, (cfg.val_split,) if cfg.val_split else ("val", "test")), labelled=True)
+    if train.classes != val.classes:
+        raise TaskError(f"the class folders of {train.root} and {val.root} differ")
+    device = dist.select_device(cfg.device)
+    backbone = ctx.backbone.to(device).eval()
+    for p in backbone.parameters():
+        p.requires_grad = False
+    steps = milestones(cfg)
+    lr = cfg.lr * cfg.batch_size / 256
+    ctx.derived.update(lr_scaled=lr, lr_milestones=list(steps), num_train=len(train), num_val=len(val))
+
+    t0 = time.perf_counter()
+    val_loader = DataLoader(ImageDataset(val, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
+                            num_workers=cfg.workers)
+    val_feats, val_labels = extract_features(backbone, val_loader, device, normalize=False)
+    dim = val_feats.shape[1]
+    torch.manual_seed(ctx.seed)
+    fc = new_classifier(dim, len(train.classes)).to(device)
+    optimizer = torch.optim.SGD(fc.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    if cfg.mode == "cached":
+        train_feats, train_labels = _cached_train_features(cfg, backbone, train, device, ctx.seed)
+        ctx.derived["feature_time_s"] = round(time.perf_counter() - t0, 2)
+
+        def batches(epoch):
+            return _tensor_batches(train_feats, train_labels, cfg.batch_size, ctx.seed, epoch)
+    else:
+        sampler = EpochBatchSampler(len(train), cfg.batch_size, ctx.seed, drop_last=False)
+        loader = DataLoader(SeededImageDataset(train, linear_train_transform(cfg.image_size)),
+                            batch_sampler=sampler, num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+
+        def batches(epoch):
+            sampler.set_epoch(epoch)
+            return _feature_batches(backbone, loader, device)
+
+    reference = copy.deepcopy(backbone.state_dict())
+    state_path = ctx.out / STATE_FILE
+    start, history = 0, []
+    if cfg.mode == "faithful" and cfg.resume and state_path.exists():
+        state = read_checkpoint(state_path)
+        saved, now = state.get("config", {}), asdict(cfg)
+        diff = sorted(k for k in now if k not in RESUMABLE and saved.get(k) != now[k])
+        if diff:
+            raise TaskError(f"{state_path} was written with other settings ({', '.join(diff)}); "
+                            "remove it or use another --out")
+        fc.load_state_dict(state["fc"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], state["history"]
+        logger.info("linear: resumed %s at epoch %d", state_path, start)
+
+    for epoch in tqdm(range(start, cfg.epochs), desc=f"linear ({cfg.mode})", initial=start, total=cfg.epochs,
+                      mininterval=2.0):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at_epoch(lr, epoch, cfg.epochs, "step", steps)
+        loss = sgd_epoch(fc, batches(epoch), optimizer)
+        if epoch == start:
+            _assert_frozen(backbone, reference)
+        history.append({"epoch": epoch + 1, "loss": loss, **evaluate(fc, val_feats, val_labels)})
+        logger.info("linear epoch %d/%d: %s", epoch + 1, cfg.epochs, history[-1])
+        if cfg.mode == "faithful":
+            atomic_save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": optimizer.state_dict(),
+                         "history": history, "config": asdict(cfg)}, state_path)
+            if cfg.stop_at and epoch + 1 >= cfg.stop_at and epoch + 1 < cfg.epochs:
+                logger.info("linear: stopped after epoch %d (stop_at); run again to resume", epoch + 1)
+                return None
+    best = max(history, key=lambda h: h["top1"])
+    final = history[-1]
+    metrics = {"top1_best": best["top1"], "top1_final": final["top1"], "best_epoch": best["epoch"]}
+    if "top5" in final:
+        metrics.update(top5_best=best["top5"], top5_final=final["top5"])
+    ctx.derived["history"] = history
+    return metrics
+
+
+def _cached_train_features(cfg: LinearConfig, backbone, train, device, seed: int):
+    """Centre-crop features of every training image, plus ``cached_views - 1`` seeded augmented views."""
+    centre = DataLoader(ImageDataset(train, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
+                        num_workers=cfg.workers)
+    f0, y0 = extract_features(backbone, centre, device, normalize=False)
+    feats, labels = [f0], [y0]
+    for view in range(1, cfg.cached_views):
+        sampler = EpochBatchSampler(len(train), cfg.batch_size, seed + view, drop_last=False)
+        loader = DataLoader(SeededImageDataset(train, linear_train_transform(cfg.image_size)),
+                            batch_sampler=sampler, num_workers=cfg.workers)
+        f, y = extract_features(backbone, loader, device, normalize=False)
+        feats.append(f)
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
