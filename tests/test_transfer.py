@@ -68,3 +68,19 @@ def test_results_of_another_schema_version_are_refused(tmp_path):
     path.write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(ResultsError, match="schema_version 99"):
         read_results(path)
+
+
+def test_a_corrupt_jpeg_and_a_wrong_architecture_are_named(synth, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    bad = next((root / "val").iterdir()) / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "knn", "--data", root, "--out", tmp_path / "a",
+                 "--set", "workers=0", "--set", "image_size=32"], expect_ok=False)
+    assert f"cannot decode image {bad}" in r.output
+    run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "pre", "--epochs", "1", "--max-steps", "1", *TINY])
+    r = run_cli(["transfer", tmp_path / "pre" / "checkpoint_last.pth", "--arch", "resnet50", "--task", "knn",
+                 "--data", synth, "--out", tmp_path / "b"], expect_ok=False)
+    assert "holds a resnet18, but resnet50 was asked for" in r.output
