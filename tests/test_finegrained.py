@@ -37,6 +37,7 @@ def test_selection_equals_a_direct_scikit_learn_search():
     assert abs(warm["test"]["top1"] - res["test"]["top1"]) <= 2.5  # one test sample in 40
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=200 keeps it short
 def test_linear_protocol_on_real_flowers(shared_data, synth, tmp_path):
     run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "pre", "--epochs", "1", "--max-steps", "1", *TINY])
     out = tmp_path / "fg"
