@@ -78,6 +78,24 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
         raise click.ClickException(str(e)) from e
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "to", type=click.Choice(["detectron2", "torchvision"]), required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file (.pkl for detectron2).")
+def convert(checkpoint: str, to: str, out: str) -> None:
+    """Convert CHECKPOINT's backbone (any readable format) to detectron2 or plain torchvision weights."""
+    from mocobench.checkpoint import CheckpointError
+    from mocobench.convert import convert_checkpoint
+    from mocobench.log import setup_logging
+
+    setup_logging()
+    try:
+        path = convert_checkpoint(checkpoint, to, out)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
+    logger.info("wrote %s", path)
+
+
 @main.command("tasks")
 def list_tasks() -> None:
     """List the transfer tasks and their config keys (for --set)."""
