@@ -26,7 +26,15 @@ from tqdm import tqdm
 
 import mocobench
 from mocobench import dist
-from mocobench.checkpoint import CheckpointError, atomic_save, read_checkpoint, strip_wrappers
+from mocobench.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    detect_format,
+    read_checkpoint,
+    strip_wrappers,
+)
 from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
 from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
@@ -98,8 +106,8 @@ def make_checkpoint(cfg, moco, optimizer, scaler, progress: Progress, shuffle_ge
         "arch": cfg.arch,
         "state_dict": {"module." + k: v for k, v in moco.state_dict().items()},
         "optimizer": optimizer.state_dict(),
-        "format": "mocobench",
-        "format_version": 1,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "mocobench_version": mocobench.__version__,
         "method": cfg.method,
         "config": cfg.to_dict(),
@@ -109,6 +117,15 @@ def make_checkpoint(cfg, moco, optimizer, scaler, progress: Progress, shuffle_ge
         "scaler": scaler.state_dict(),
         "rng": _rng_states(shuffle_gen),
     }
+
+
+def restore(payload: dict, moco: MoCo, optimizer, scaler, shuffle_gen: torch.Generator) -> Progress:
+    """Load a mocobench checkpoint's state (strictly) into the training objects; return its progress."""
+    moco.load_state_dict(strip_wrappers(payload["state_dict"]))
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    _restore_rng(payload["rng"], shuffle_gen)
+    return Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"])
 
 
 def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
@@ -131,8 +148,20 @@ def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
     return path
 
 
-def check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
-    """Refuse to resume with settings that change the maths (listing them)."""
+def check_resumable(payload: dict, cfg: PretrainConfig, path: Path) -> None:
+    """Refuse to resume from a foreign or newer checkpoint, or with settings that change the maths."""
+    fmt = detect_format(payload)
+    if fmt != "mocobench":
+        raise CheckpointError(
+            f"--resume {path}: a {fmt} checkpoint has no training state to continue (it is an input for "
+            "mocobench transfer/convert); start a new run instead"
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"--resume {path}: format_version {payload.get('format_version')} is not {FORMAT_VERSION}, "
+            "the one this mocobench writes"
+        )
+    saved = payload.get("config", {})
     current = cfg.to_dict()
     for k in sorted(RESUMABLE_CHANGES & current.keys()):
         if k in saved and saved[k] != current[k] and k in ("epochs", "lr"):
@@ -284,7 +313,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     resume_path = resolve_resume(cfg, out)
     payload = read_checkpoint(resume_path) if resume_path else None
     if payload is not None:
-        check_resumable(payload.get("config", {}), cfg, resume_path)
+        check_resumable(payload, cfg, resume_path)
 
     images = list_images(cfg.data)
     local_batch = cfg.per_process_batch(world)
@@ -320,11 +349,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main())
 
     if payload is not None:
-        moco.load_state_dict(strip_wrappers(payload["state_dict"]))
-        optimizer.load_state_dict(payload["optimizer"])
-        scaler.load_state_dict(payload["scaler"])
-        _restore_rng(payload["rng"], shuffle_gen)
-        progress = Progress(payload["epoch"], payload["step_in_epoch"], payload["global_step"])
+        progress = restore(payload, moco, optimizer, scaler, shuffle_gen)
         metrics.truncate_after(progress.global_step)
         logger.info(
             "resumed %s: epoch %d, step %d (global step %d)",

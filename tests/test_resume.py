@@ -75,6 +75,12 @@ def test_resume_errors_are_explicit(synth, reference, tmp_path):
     r = run_cli(["pretrain", "--data", synth / "train", "--out", reference, "--epochs", "3", *TINY,
                  "--queue-size", "128", "--resume", "auto"], expect_ok=False)
     assert "queue_size: checkpoint 64 vs now 128" in r.output
+    official = tmp_path / "official.pth"
+    ckpt = read_checkpoint(reference / "checkpoint_last.pth")
+    torch.save({k: ckpt[k] for k in ("epoch", "arch", "state_dict", "optimizer")}, official)
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "z", *TINY, "--resume", official],
+                expect_ok=False)
+    assert "a moco_official checkpoint has no training state to continue" in r.output
 
 
 def test_resume_auto_without_a_checkpoint_starts_fresh_and_says_so(synth, tmp_path, caplog):
