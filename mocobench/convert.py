@@ -10,7 +10,6 @@ official script only prints). Works for BasicBlock (ResNet-18/34) and Bottleneck
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mocobench.atomic import atomic_write
 from mocobench.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -88,16 +88,7 @@ def write_detectron2(state_dict: dict[str, torch.Tensor], path: str | Path) -> P
         "__author__": "mocobench",
         "matching_heuristics": True,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: pickle.dump(payload, f))
     return path
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from mocobench.atomic import atomic_write_text
 
 
 class MetricsWriter:
@@ -27,9 +28,7 @@ class MetricsWriter:
             return
         keep = [line for line in self.path.read_text().splitlines() if line.strip()]
         keep = [line for line in keep if json.loads(line).get("global_step", 0) <= global_step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

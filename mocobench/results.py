@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import asdict
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mocobench
+from mocobench.atomic import atomic_write_text
 from mocobench.checkpoint import BackboneInfo
 
 SCHEMA_VERSION = 1
@@ -35,15 +35,6 @@ def package_versions() -> dict[str, str]:
         "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_results(
