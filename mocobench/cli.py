@@ -56,11 +56,22 @@ def pretrain(**options) -> None:
 @click.option("--pretraining", default=None, help="Name of the pretraining in results (default: from the checkpoint).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing results.json in --out.")
-def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite) -> None:
+@click.option("--preset", default=None, help="Detection: a preset of the task (cpu-smoke).")
+@click.option("--num-gpus", type=int, default=None, help="Detection: processes per machine (GPUs; CPU processes without CUDA).")
+@click.option("--num-machines", type=int, default=None, help="Detection: machines.")
+@click.option("--machine-rank", type=int, default=None, help="Detection: rank of this machine.")
+@click.option("--dist-url", default=None, help="Detection: rendezvous URL.")
+@click.option("--resume", is_flag=True, default=None, help="Detection: resume the last detectron2 checkpoint.")
+@click.option("--eval-only", is_flag=True, default=None, help="Detection: evaluate only.")
+@click.option("--repeats", type=int, default=None, help="Detection: runs with consecutive seeds (mean and std).")
+def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite, preset, num_gpus,
+             num_machines, machine_rank, dist_url, resume, eval_only, repeats) -> None:
     """Evaluate CHECKPOINT (a file, or 'random') on one transfer task; writes OUT/results.json.
 
     CHECKPOINT may be a mocobench checkpoint, an official MoCo checkpoint, a torchvision ResNet state
-    dict (supervised baseline) or 'random' (with --arch).
+    dict (supervised baseline) or 'random' (with --arch). --set KEY=VALUE overrides a field of the
+    task's config (mocobench tasks lists them); for detection tasks an upper-case KEY
+    (--set SOLVER.MAX_ITER=200) overrides the detectron2 config.
     """
     from pathlib import Path
 
@@ -69,8 +80,10 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     from mocobench.evaluators.registry import TaskError
     from mocobench.transfer.run import run_transfer
 
-    if data is not None:
-        overrides = (f"data={data}", *overrides)
+    shortcuts = {"data": data, "preset": preset, "num_procs": num_gpus, "num_machines": num_machines,
+                 "machine_rank": machine_rank, "dist_url": dist_url, "resume": resume, "eval_only": eval_only,
+                 "repeats": repeats}
+    overrides = (*(f"{k}={v}" for k, v in shortcuts.items() if v is not None), *overrides)
     out = out or str(Path("runs") / "transfer" / task_name / Path(checkpoint).stem)
     try:
         run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite)

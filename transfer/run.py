@@ -29,7 +29,12 @@ def run_transfer(
     """Load ``checkpoint`` through the one reader, run the task, write results; returns the results path
     (None when the task stopped early on purpose, e.g. the linear protocol's ``stop_at``)."""
     task = get_task(task_name)
-    cfg = apply_overrides(task.config_cls(), overrides)
+    cfg = task.config_cls()
+    upper = [o for o in overrides if o.partition("=")[0][:1].isupper()]
+    if upper and hasattr(cfg, "opts"):  # detectron2 config keys (SOLVER.MAX_ITER=200) go to opts
+        overrides = tuple(o for o in overrides if o not in upper)
+        cfg = dataclasses.replace(cfg, opts=(*cfg.opts, *(x for o in upper for x in o.split("=", 1))))
+    cfg = apply_overrides(cfg, overrides)
     if hasattr(cfg, "data") and not cfg.data:
         raise TaskError(f"task {task_name} needs data: pass --data ROOT (or --set data=ROOT)")
     out = Path(out)

@@ -1,0 +1,90 @@
+"""Detection tasks (``voc_det``, ``coco_det``, ``coco_instseg``): typed configs and registration.
+
+detectron2 is imported only when a task runs (:mod:`mocobench.transfer.detection`). Protocol:
+``../shared/docs/protocols.md`` ("Detection transfer"); the metrics are detectron2's COCO (or Pascal
+VOC, 11-point for 2007) AP, AP50 and AP75 in percent, for boxes and, with masks, segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mocobench import dist
+from mocobench.convert import torchvision_to_detectron2, write_detectron2
+from mocobench.evaluators.registry import TaskContext, TaskError, register
+
+logger = logging.getLogger(__name__)
+DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+
+
+def _f(default, help: str):  # noqa: A002
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DetectionConfig:
+    """detectron2 fine-tuning of the whole backbone; uppercase ``--set KEY=VALUE`` go to ``opts``."""
+
+    data: str = _f("", "COCO folder (annotations/instances_{train,val}2017.json, {train,val}2017/) or VOC devkit "
+                       "(VOC2007[, VOC2012]); empty: the $DETECTRON2_DATASETS layout.")
+    head: Literal["C4", "FPN"] = _f("C4", "R50-C4 with Res5ROIHeadsExtraNorm (the MoCo setup), or FPN.")
+    schedule: Literal["1x", "2x"] = _f("1x", "COCO schedule: 1x (90k iterations) or 2x (180k).")
+    norm: Literal["SyncBN", "naiveSyncBN", "BN"] = _f(
+        "naiveSyncBN", "Norm of backbone and heads (naiveSyncBN also works with several CPU processes).")
+    preset: Literal["", "cpu-smoke"] = _f("", "cpu-smoke: small images, few ROIs/proposals, 300 iterations.")
+    num_procs: int = _f(1, "Processes per machine (one per GPU; gloo CPU processes without CUDA).")
+    num_machines: int = _f(1, "Machines.")
+    machine_rank: int = _f(0, "Rank of this machine.")
+    dist_url: str = _f("auto", "Rendezvous URL for several processes or machines.")
+    device: str = _f("auto", "auto, cpu or cuda.")
+    resume: bool = _f(False, "Resume from the last detectron2 checkpoint in the output folder.")
+    eval_only: bool = _f(False, "Only evaluate (the converted weights, or the last checkpoint with resume).")
+    repeats: int = _f(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.")
+    opts: tuple[str, ...] = _f((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
+
+
+def _config_file(task: str, cfg: DetectionConfig) -> str:
+    if task == "voc_det":
+        return f"voc_R_50_{cfg.head}_24k_moco.yaml"
+    return f"coco_R_50_{cfg.head}_{cfg.schedule}_moco.yaml"
+
+
+def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str, float]:
+    from mocobench.transfer import detection as det  # detectron2 from here on
+
+    depth = DEPTHS.get(ctx.info.arch)
+    if depth is None:
+        raise TaskError(f"detection needs a ResNet backbone; the checkpoint holds {ctx.info.arch}")
+    if cfg.head == "C4" and depth < 50:
+        raise TaskError(f"head=C4 needs Bottleneck blocks (ResNet-50 and deeper); {ctx.info.arch} needs head=FPN")
+    device = str(dist.select_device(cfg.device).type)
+    if cfg.norm == "SyncBN" and device == "cpu" and cfg.num_procs * cfg.num_machines > 1:
+        raise TaskError("norm=SyncBN needs GPUs with several processes; use norm=naiveSyncBN on the CPU")
+    if cfg.repeats < 1:
+        raise TaskError(f"repeats must be at least 1, got {cfg.repeats}")
+    splits = det.register_data(task, cfg.data)
+    weights = write_detectron2(torchvision_to_detectron2(ctx.backbone.state_dict()), ctx.out / "backbone_d2.pkl")
+    runs = []
+    for i in range(cfg.repeats):
+        run_dir = ctx.out / (f"d2_run{i}" if cfg.repeats > 1 else "d2")
+        d2cfg = det.build_cfg(task, _config_file(task, cfg), str(weights), run_dir, depth, splits, cfg.norm,
+                              cfg.preset, list(cfg.opts), ctx.seed + i, device)
+        runs.append(det.run(d2cfg, task, cfg.data, cfg.num_procs, cfg.num_machines, cfg.machine_rank,
+                            cfg.dist_url, cfg.resume, cfg.eval_only))
+        logger.info("%s run %d/%d: %s", task, i + 1, cfg.repeats, runs[-1])
+    ctx.derived.update(config_file=_config_file(task, cfg), num_classes=splits[2], runs=runs)
+    metrics = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+    if cfg.repeats > 1:
+        metrics.update({f"{k}_std": statistics.stdev(r[k] for r in runs) for k in runs[0]})
+    return metrics
+
+
+for _task, _summary in (
+    ("voc_det", "Faster R-CNN on Pascal VOC07+12 -> VOC07 test (box AP, AP50, AP75)"),
+    ("coco_det", "Faster R-CNN on COCO (box AP, AP50, AP75)"),
+    ("coco_instseg", "Mask R-CNN on COCO (box and mask AP, AP50, AP75)"),
+):
+    register(_task, DetectionConfig, _summary)(lambda cfg, ctx, _t=_task: run_detection(_t, cfg, ctx))

@@ -1,0 +1,123 @@
+"""Detection transfer through real detectron2 and pycocotools on coco-mini and the VOC sets.
+
+Schedules are tiny (a few iterations at 160 px), so the APs are near zero; what is checked is that
+every path runs, that ground truth scored as predictions gives AP 100 through the same evaluators,
+and that bad input is named.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import run_cli
+
+from mocobench.results import read_results
+
+pytestmark = pytest.mark.slow
+SMOKE = ["--preset", "cpu-smoke", "--set", "head=FPN", "--set", "SOLVER.MAX_ITER=3", "--set", "TEST.PRECISE_BN.NUM_ITER=2",
+         "--set", "DATALOADER.NUM_WORKERS=0", "--set", "SOLVER.CHECKPOINT_PERIOD=1000"]
+
+
+@pytest.mark.parametrize("task,keys", [("coco_det", {"bbox_AP", "bbox_AP50", "bbox_AP75"}),
+                                       ("coco_instseg", {"bbox_AP", "segm_AP", "segm_AP75"})])
+def test_coco_tasks_end_to_end(shared_data, tmp_path, task, keys):
+    out = tmp_path / task
+    run_cli(["transfer", "random", "--arch", "resnet18", "--task", task, "--data", shared_data / "coco-mini",
+             "--out", out, *SMOKE])
+    res = read_results(out / "results.json")
+    assert keys <= res["metrics"].keys() and all(0 <= v <= 100 for v in res["metrics"].values())
+    assert res["config"]["derived"]["num_classes"] == 80 and res["config"]["preset"] == "cpu-smoke"
+    assert (out / "d2" / "d2_results.json").exists() and (out / "d2" / "config.yaml").exists()
+    assert "SOLVER.MAX_ITER" in res["config"]["opts"]
+    if task == "coco_det":  # evaluating the trained weights again gives the same numbers
+        run_cli(["transfer", "random", "--arch", "resnet18", "--task", task, "--data", shared_data / "coco-mini",
+                 "--out", out, *SMOKE, "--eval-only", "--resume", "--overwrite"])
+        assert read_results(out / "results.json")["metrics"] == res["metrics"]
+
+
+def test_voc_det_with_two_cpu_processes_and_repeats(shared_data, tmp_path):
+    out = tmp_path / "voc"
+    run_cli(["transfer", "random", "--arch", "resnet18", "--task", "voc_det", "--data", shared_data / "voc-from-coco",
+             "--out", out, *SMOKE, "--num-gpus", "2", "--repeats", "2"])
+    res = read_results(out / "results.json")
+    assert {"bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_AP_std"} <= res["metrics"].keys()
+    runs = res["config"]["derived"]["runs"]
+    assert len(runs) == 2 and res["metrics"]["bbox_AP50"] == pytest.approx((runs[0]["bbox_AP50"] + runs[1]["bbox_AP50"]) / 2)
+    assert res["config"]["num_procs"] == 2 and res["config"]["norm"] == "naiveSyncBN"
+
+
+def _gt_as_predictions(dataset_name: str, with_masks: bool):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
+
+    from mocobench.transfer.detection import build_evaluator
+
+    cfg = get_cfg()
+    cfg.MODEL.MASK_ON = with_masks
+    evaluator = build_evaluator(cfg, dataset_name)
+    evaluator.reset()
+    for d in DatasetCatalog.get(dataset_name):
+        anns = [a for a in d["annotations"] if not a.get("iscrowd", 0)]
+        inst = Instances((d["height"], d["width"]))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.ones(len(anns))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.long)
+        if with_masks:
+            polys = PolygonMasks([a["segmentation"] for a in anns])
+            inst.pred_masks = BitMasks.from_polygon_masks(polys, d["height"], d["width"]).tensor
+        evaluator.process([{"image_id": d["image_id"], "file_name": d["file_name"]}], [{"instances": inst}])
+    return evaluator.evaluate()
+
+
+def test_ground_truth_scores_ap_100_through_the_same_evaluators(shared_data):
+    from mocobench.transfer.detection import register_data
+
+    train, test, _ = register_data("coco_instseg", str(shared_data / "coco-mini"))
+    res = _gt_as_predictions(test[0], with_masks=True)
+    assert res["bbox"]["AP"] == pytest.approx(100.0) and res["segm"]["AP"] == pytest.approx(100.0, abs=0.5)
+    train, test, _ = register_data("voc_det", str(shared_data / "voc-from-coco"))
+    res = _gt_as_predictions(test[0], with_masks=False)
+    assert res["bbox"]["AP50"] == pytest.approx(100.0) and res["bbox"]["AP"] == pytest.approx(100.0)
+
+
+def test_genuine_voc_files_load(shared_data):
+    from detectron2.data import DatasetCatalog
+
+    from mocobench.transfer.detection import VOC_CLASSES, register_data
+
+    train, test, n = register_data("voc_det", str(shared_data / "voc-real-tiny"))
+    assert train == ("mb_voc_2007_trainval", "mb_voc_2012_trainval") and n == 20
+    for name in (*train, *test):
+        dicts = DatasetCatalog.get(name)
+        assert len(dicts) == 5 and all(d["annotations"] for d in dicts)
+        for d in dicts:
+            for a in d["annotations"]:
+                x0, y0, x1, y1 = a["bbox"]
+                assert 0 <= x0 < x1 <= d["width"] and 0 <= y0 < y1 <= d["height"]
+                assert 0 <= a["category_id"] < len(VOC_CLASSES)
+
+
+def test_bad_detection_input_is_named(shared_data, tmp_path):
+    coco = tmp_path / "coco"
+    shutil.copytree(shared_data / "coco-mini", coco)
+    args = ["transfer", "random", "--arch", "resnet18", "--task", "coco_det", "--data", coco, *SMOKE]
+    val_json = coco / "annotations" / "instances_val2017.json"
+    data = json.loads(val_json.read_text())
+    first = data["images"][0]["file_name"]
+    (coco / "val2017" / first).unlink()
+    r = run_cli([*args, "--out", tmp_path / "a"], expect_ok=False)
+    assert "1 images listed in" in r.output and first in r.output
+    val_json.write_text(json.dumps({**data, "categories": []}))
+    r = run_cli([*args, "--out", tmp_path / "b"], expect_ok=False)
+    assert "has an empty category list" in r.output
+    val_json.unlink()
+    r = run_cli([*args, "--out", tmp_path / "c"], expect_ok=False)
+    assert f"COCO annotation file {val_json} does not exist" in r.output
+    r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "voc_det", "--data", shared_data / "voc-from-coco",
+                 "--out", tmp_path / "d"], expect_ok=False)
+    assert "head=C4 needs Bottleneck blocks" in r.output

@@ -1,0 +1,243 @@
+"""Detection and instance-segmentation transfer through detectron2 (imported only here).
+
+The MoCo setups (``../shared/docs/protocols.md``; configs in ``transfer/configs``): R50-C4 with
+``Res5ROIHeadsExtraNorm``, or R50-FPN; nothing frozen; synchronised BN (``SyncBN`` or
+``naiveSyncBN``); PreciseBN; RGB input with torchvision mean/std and ``STRIDE_IN_1X1 False``.
+Runs on one CPU process, on several CPU processes (gloo, ``naiveSyncBN``, DDP without
+``device_ids``), or on N GPUs / machines through ``detectron2.engine.launch``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import weakref
+from pathlib import Path
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, register_pascal_voc
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, launch
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.layers import get_norm
+from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling.roi_heads import Res5ROIHeads
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from mocobench.datasets import DataError
+
+logger = logging.getLogger(__name__)
+CONFIGS = Path(__file__).parent / "configs"
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+METRICS_FILE = "d2_results.json"
+
+if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
+
+    @ROI_HEADS_REGISTRY.register()
+    class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+        """Res5 head with an extra norm layer after res5 (MoCo paper, appendix; official train_net.py)."""
+
+        def _build_res5_block(self, cfg):
+            seq, out_channels = super()._build_res5_block(cfg)
+            seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+            return seq, out_channels
+
+
+#: ``--preset cpu-smoke``: small images, few proposals and ROIs, a few hundred iterations.
+PRESETS: dict[str, list[str]] = {
+    "cpu-smoke": [
+        "INPUT.MIN_SIZE_TRAIN", "(160, 192)", "INPUT.MAX_SIZE_TRAIN", "320",
+        "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320",
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "600", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", "300", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.01", "SOLVER.MAX_ITER", "300",
+        "SOLVER.STEPS", "(200, 260)", "SOLVER.WARMUP_ITERS", "50", "SOLVER.CHECKPOINT_PERIOD", "100",
+        "TEST.PRECISE_BN.NUM_ITER", "20", "TEST.DETECTIONS_PER_IMAGE", "50", "DATALOADER.NUM_WORKERS", "1",
+    ],
+}
+
+
+def _check_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    return path
+
+
+def register_coco(name: str, json_file: Path, image_root: Path) -> int:
+    """Register a COCO-format split; category ids are mapped to contiguous ids (not assumed 1..80).
+
+    Checks up front: the json exists and has categories, every listed image exists. Returns the
+    number of categories.
+    """
+    _check_file(json_file, "COCO annotation file")
+    data = json.loads(json_file.read_text())
+    cats = data.get("categories") or []
+    if not cats:
+        raise DataError(f"{json_file} has an empty category list")
+    missing = [im["file_name"] for im in data.get("images", []) if not (image_root / im["file_name"]).exists()]
+    if missing:
+        raise DataError(f"{len(missing)} images listed in {json_file} are absent from {image_root}: {missing[:5]}")
+    _unregister(name)
+    DatasetCatalog.register(name, lambda: load_coco_json(str(json_file), str(image_root), name))
+    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root), evaluator_type="coco")
+    return len(cats)
+
+
+def _unregister(name: str) -> None:
+    """Forget an earlier registration of ``name`` (a previous run in this process may have used other paths)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def register_voc(name: str, dirname: Path, split: str, year: int) -> None:
+    _check_file(dirname / "ImageSets" / "Main" / f"{split}.txt", "VOC split file")
+    _unregister(name)
+    register_pascal_voc(name, str(dirname), split, year, VOC_CLASSES)
+    MetadataCatalog.get(name).set(evaluator_type="pascal_voc")
+
+
+def register_data(task: str, data: str) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """Register the task's train/test splits; returns (train names, test names, number of classes).
+
+    ``data`` empty: the standard ``$DETECTRON2_DATASETS`` layout (``coco/annotations/...``,
+    ``VOC2007``, ``VOC2012``). COCO: a folder with ``annotations/instances_{train,val}2017.json`` and
+    ``{train,val}2017/``. VOC: a devkit folder holding ``VOC2007`` (and optionally ``VOC2012``).
+    """
+    root = Path(data) if data else Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    if task in ("coco_det", "coco_instseg"):
+        coco = root / "coco" if not data else root
+        n = register_coco("mb_coco_train", coco / "annotations" / "instances_train2017.json", coco / "train2017")
+        n_test = register_coco("mb_coco_val", coco / "annotations" / "instances_val2017.json", coco / "val2017")
+        if n_test != n:
+            raise DataError(f"train and val annotation files under {coco} have {n} and {n_test} categories")
+        return ("mb_coco_train",), ("mb_coco_val",), n
+    devkit = root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
+    if not (devkit / "VOC2007").is_dir():
+        raise DataError(f"{devkit} holds no VOC2007 folder (expected a VOC devkit: VOC2007[/VOC2012])")
+    train = []
+    for year in (2007, 2012):
+        if (devkit / f"VOC{year}").is_dir():
+            register_voc(f"mb_voc_{year}_trainval", devkit / f"VOC{year}", "trainval", year)
+            train.append(f"mb_voc_{year}_trainval")
+    register_voc("mb_voc_2007_test", devkit / "VOC2007", "test", 2007)
+    return tuple(train), ("mb_voc_2007_test",), len(VOC_CLASSES)
+
+
+def build_cfg(task: str, config_file: str, weights: str, out: Path, depth: int,
+              splits: tuple[tuple[str, ...], tuple[str, ...], int], norm: str, preset: str, opts: list[str],
+              seed: int, device: str) -> CfgNode:
+    """The detectron2 config: shipped YAML, then weights/data/norm, then the preset, then ``opts``.
+
+    ``splits`` is :func:`register_data`'s (train names, test names, number of classes)."""
+    cfg = get_cfg()
+    cfg.merge_from_file(str(CONFIGS / config_file))
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES = splits
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.RESNETS.DEPTH = depth
+    if depth < 50:
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.MASK_ON = task == "coco_instseg"
+    cfg.MODEL.RESNETS.NORM = norm
+    if cfg.MODEL.FPN.NORM:
+        cfg.MODEL.FPN.NORM = norm
+        cfg.MODEL.ROI_BOX_HEAD.NORM = norm
+        cfg.MODEL.ROI_MASK_HEAD.NORM = norm
+    cfg.OUTPUT_DIR = str(out)
+    cfg.SEED = seed
+    cfg.merge_from_list(PRESETS[preset] if preset else [])
+    cfg.merge_from_list(opts)
+    return cfg
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose DDP wrapper passes no ``device_ids`` on the CPU (DDP rejects them there)."""
+
+    def __init__(self, cfg: CfgNode) -> None:  # DefaultTrainer.__init__, with the DDP call changed
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):
+        return build_evaluator(cfg, dataset_name)
+
+
+def build_evaluator(cfg: CfgNode, dataset_name: str):
+    """COCO evaluator (bbox, plus segm with masks) or the Pascal VOC evaluator (11-point AP for 2007)."""
+    if MetadataCatalog.get(dataset_name).evaluator_type == "pascal_voc":
+        return PascalVOCDetectionEvaluator(dataset_name)
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+                         output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+
+def _worker(cfg_yaml: str, task: str, data: str, resume: bool, eval_only: bool) -> None:
+    """One process of a run (launched by detectron2): register data, train and/or test, save metrics."""
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_yaml))
+    register_data(task, data)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2")
+    if cfg.MODEL.DEVICE == "cpu":  # share the cores between CPU processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_world_size()))
+    if eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=resume)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", {})
+    if comm.is_main_process():
+        (Path(cfg.OUTPUT_DIR) / METRICS_FILE).write_text(json.dumps(results, indent=2))
+
+
+def run(cfg: CfgNode, task: str, data: str, num_procs: int, num_machines: int, machine_rank: int,
+        dist_url: str, resume: bool, eval_only: bool) -> dict[str, float]:
+    """Launch the run (1 process in place, N through detectron2's launcher); return flat metrics."""
+    out = Path(cfg.OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).unlink(missing_ok=True)
+    cfg_yaml = cfg.dump()
+    (out / "config.yaml").write_text(cfg_yaml)
+    launch(_worker, num_procs, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
+           args=(cfg_yaml, task, data, resume, eval_only))
+    results = json.loads((out / METRICS_FILE).read_text())
+    flat = {}
+    for kind, metrics in results.items():  # {"bbox": {"AP": .., "AP50": ..}, "segm": {...}}
+        for name, value in metrics.items():
+            if name in ("AP", "AP50", "AP75"):
+                if math.isnan(value):  # detectron2 reports NaN when the model predicted nothing
+                    logger.warning("%s %s: the model made no predictions; recording AP 0", kind, name)
+                    value = 0.0
+                flat[f"{kind}_{name}"] = float(value)
+    if not flat:
+        raise RuntimeError(f"detectron2 returned no box/mask AP (see {out / 'log.txt'}): {results}")
+    return flat
+
