@@ -88,6 +88,15 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is True on any rank (so all ranks stop at the same step)."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a Python float over ranks (for logging)."""
     if not is_dist():

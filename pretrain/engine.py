@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -53,6 +55,39 @@ LAST = "checkpoint_last.pth"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; the run stopped after the current step and saved a resumable checkpoint."""
+
+
+class StopSignal:
+    """Context manager: SIGTERM and SIGINT set a flag instead of killing the process (main thread only).
+
+    The loop checks :meth:`requested` after every step; under torchrun the flag is OR-ed over ranks so
+    that all of them stop at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        logger.warning("received %s: stopping after this step and saving a checkpoint", signal.Signals(signum).name)
+
+    def requested(self, device: torch.device) -> bool:
+        return dist.any_rank(self.received is not None, device)
 
 
 @dataclass
@@ -218,8 +253,10 @@ def train_one_epoch(
     cfg: PretrainConfig,
     device: torch.device,
     metrics: MetricsWriter,
+    stop: StopSignal,
 ) -> dict[str, float]:
-    """Train until the epoch ends or ``cfg.max_steps`` is reached; returns the epoch's mean metrics."""
+    """Train until the epoch ends, ``cfg.max_steps`` is reached or a stop signal arrives; returns the
+    epoch's mean metrics."""
     model.train()
     world = dist.get_world_size()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -273,6 +310,8 @@ def train_one_epoch(
                     "images_per_s": ips,
                 }
             )
+        if stop.requested(device):
+            break
     bar.close()
     elapsed = time.perf_counter() - t_epoch
     n = max(steps, 1)
@@ -377,34 +416,43 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.knn_train and dist.is_main():
         monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers)
 
-    while progress.epoch < cfg.epochs:
-        if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
-            break
-        epoch = progress.epoch
-        lr = lr_at_epoch(cfg.scaled_lr(), epoch, cfg.epochs, cfg.lr_schedule, cfg.lr_milestones)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sampler.set_epoch(epoch, progress.step)
-        stats = train_one_epoch(model, moco, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics)
-        if progress.step < sampler.steps_per_epoch:  # stopped by --max-steps inside the epoch
-            _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out, periodic=False)
-            break
-        progress.epoch, progress.step = epoch + 1, 0
-        record = {"kind": "epoch", "epoch": epoch, "global_step": progress.global_step, **stats}
-        last_epoch = progress.epoch == cfg.epochs
-        if monitor is not None and (progress.epoch % cfg.knn_every == 0 or last_epoch):
-            knn = monitor.evaluate(moco.encoder_q, device, cfg.channels_last)
-            record.update({f"knn_{k}": v for k, v in knn.items()}, knn_k=cfg.knn_k, knn_t=cfg.knn_t)
-        dist.barrier()
-        metrics.write(record)
-        logger.info(
-            "epoch %d/%d: %s",
-            progress.epoch, cfg.epochs,
-            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                      if k not in ("kind", "epoch")),
-        )
-        _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out,
-              periodic=progress.epoch % cfg.save_every == 0 or last_epoch)
+    with StopSignal() as stop:
+        while progress.epoch < cfg.epochs:
+            if cfg.max_steps is not None and progress.global_step >= cfg.max_steps or stop.requested(device):
+                break
+            epoch = progress.epoch
+            lr = lr_at_epoch(cfg.scaled_lr(), epoch, cfg.epochs, cfg.lr_schedule, cfg.lr_milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sampler.set_epoch(epoch, progress.step)
+            stats = train_one_epoch(
+                model, moco, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics, stop
+            )
+            if progress.step < sampler.steps_per_epoch:  # stopped inside the epoch (--max-steps or a signal)
+                _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out, periodic=False)
+                break
+            progress.epoch, progress.step = epoch + 1, 0
+            record = {"kind": "epoch", "epoch": epoch, "global_step": progress.global_step, **stats}
+            last_epoch = progress.epoch == cfg.epochs
+            if monitor is not None and (progress.epoch % cfg.knn_every == 0 or last_epoch):
+                knn = monitor.evaluate(moco.encoder_q, device, cfg.channels_last)
+                record.update({f"knn_{k}": v for k, v in knn.items()}, knn_k=cfg.knn_k, knn_t=cfg.knn_t)
+            dist.barrier()
+            metrics.write(record)
+            logger.info(
+                "epoch %d/%d: %s",
+                progress.epoch, cfg.epochs,
+                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                          if k not in ("kind", "epoch")),
+            )
+            _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out,
+                  periodic=progress.epoch % cfg.save_every == 0 or last_epoch)
     dist.barrier()
+    if stop.requested(device):
+        name = signal.Signals(stop.received).name if stop.received is not None else "a signal on another rank"
+        raise TrainingInterrupted(
+            f"interrupted by {name} at epoch {progress.epoch + 1}, step {progress.step} "
+            f"(global step {progress.global_step}); saved {out / LAST}. Continue with --resume auto."
+        )
     logger.info("done: epoch %d, global step %d; checkpoint %s", progress.epoch, progress.global_step, out / LAST)
     return out / LAST

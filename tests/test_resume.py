@@ -4,6 +4,10 @@ also when stopped mid-epoch and with a different number of data workers."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -99,3 +103,26 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert "loss is nan" in r.output or "loss is inf" in r.output
     assert "at epoch 2, step 2 of 4 (global step 6)" in r.output and "resume from it with a lower --lr" in r.output
     assert (out / "checkpoint_last.pth").read_bytes() == good
+
+
+def test_sigterm_stops_after_the_step_and_the_resumed_run_is_exact(synth, tmp_path):
+    """A real process gets SIGTERM mid-epoch: it saves a resumable checkpoint; resuming gives the
+    weights of an uninterrupted run, bit for bit."""
+    opts = ["--data", synth / "train", "--epochs", "2", *TINY, "--image-size", "64"]
+    run_cli(["pretrain", *opts, "--out", tmp_path / "ref"])
+    out = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, "-m", "mocobench.cli", "pretrain", *map(str, opts), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, output
+    assert "interrupted by SIGTERM" in output and "--resume auto" in output
+    assert 2 <= read_checkpoint(out / "checkpoint_last.pth")["global_step"] < 8
+    run_cli(["pretrain", *opts, "--out", out, "--resume", "auto"])
+    _assert_same_run(tmp_path / "ref", out)
