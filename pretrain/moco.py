@@ -67,6 +67,8 @@ def enqueue_(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None
     p = int(ptr)
     if size % n != 0:
         raise ValueError(f"queue size K={size} is not divisible by the global batch size N={n}")
+    if p + n > size:  # only possible when the batch size changes between steps
+        raise ValueError(f"writing {n} keys at queue position {p} would overrun K={size}")
     queue[:, p : p + n] = keys.T
     ptr[0] = (p + n) % size
 
