@@ -38,7 +38,8 @@ RESULTS = Path(__file__).parent / "results"
 @click.option("--moco-m", default=0.99, show_default=True)
 @click.option("--lr", default=0.03, show_default=True, help="Per 256 images (scaled to the batch).")
 @click.option("--workers", default=1, show_default=True)
-def main(data: str, out: str, epochs: int, moco_m: float, lr: float, workers: int) -> None:
+@click.option("--tag", default="", help="Suffix of the results files (to keep several settings).")
+def main(data: str, out: str, epochs: int, moco_m: float, lr: float, workers: int, tag: str) -> None:
     setup_logging()
     cfg = PretrainConfig(
         data=f"{data}/train", out=out, method="moco_v2", arch="resnet18", epochs=epochs, batch_size=64,
@@ -75,15 +76,16 @@ def main(data: str, out: str, epochs: int, moco_m: float, lr: float, workers: in
         "torch": str(torch.__version__),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pretrain_imagenette96.json").write_text(json.dumps(res, indent=2) + "\n")
+    name = "pretrain_imagenette96" + (f"_{tag}" if tag else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     moco, rnd = scores["moco_v2"], scores["random"]
     md = [
         "| backbone | kNN top-1 | kNN top-5 |",
         "|---|---|---|",
         f"| random init (ResNet-18) | {rnd['top1']:.1f} | {rnd['top5']:.1f} |",
-        f"| MoCo v2, {epochs} epochs | {moco['top1']:.1f} | {moco['top5']:.1f} |",
+        f"| MoCo v2, {epochs} epochs, lr {lr} per 256, m {moco_m} | {moco['top1']:.1f} | {moco['top5']:.1f} |",
     ]
-    (RESULTS / "pretrain_imagenette96.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     logger.info("results:\n%s", "\n".join(md))
 
 
