@@ -26,9 +26,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mocobench import dist
-from mocobench.datasets import DataError, EpochBatchSampler, ImageDataset, SeededImageDataset, list_images
+from mocobench.datasets import (
+    DataError,
+    EpochBatchSampler,
+    ImageDataset,
+    SeededImageDataset,
+    list_images,
+    resolve_split,
+)
 from mocobench.evaluators.features import extract_features, resnet_features
-from mocobench.evaluators.knn import resolve_split
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.pretrain.augment import eval_transform, linear_train_transform
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mocobench import dist
-from mocobench.datasets import DataError, ImageDataset, list_images
+from mocobench.datasets import DataError, ImageDataset, list_images, resolve_split
 from mocobench.evaluators.features import extract_features
 from mocobench.evaluators.registry import TaskContext, register
 from mocobench.pretrain.augment import eval_transform
@@ -102,14 +102,6 @@ class KnnEvaluator:
         feats, y = extract_features(net, self.query_loader, device, channels_last)
         scores = knn_scores(feats, bank, bank_y, self.num_classes, self.k, self.t, self.chunk_size)
         return topk_accuracy(scores, y)
-
-
-def resolve_split(root: Path, names: tuple[str, ...]) -> Path:
-    """The first of ``names`` that exists under ``root`` (e.g. ``val`` or ``test``)."""
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    raise DataError(f"{root} has none of the splits {', '.join(names)}")
 
 
 @dataclass

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from mocobench import dist
 from mocobench.checkpoint import atomic_save, read_checkpoint
-from mocobench.datasets import EpochBatchSampler, ImageDataset, SeededImageDataset, list_images
+from mocobench.datasets import EpochBatchSampler, ImageDataset, SeededImageDataset, list_images, resolve_split
 from mocobench.evaluators.features import extract_features, resnet_features
-from mocobench.evaluators.knn import resolve_split, topk_accuracy
+from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.pretrain.augment import eval_transform, linear_train_transform
 from mocobench.pretrain.schedule import lr_at_epoch

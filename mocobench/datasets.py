@@ -78,6 +78,14 @@ def list_images(root: str | Path, labelled: bool | None = None) -> ImageList:
     return ImageList(root, tuple(top_images), tuple([-1] * len(top_images)), ())
 
 
+def resolve_split(root: Path, names: tuple[str, ...]) -> Path:
+    """The first of ``names`` that exists under ``root`` (e.g. ``val`` or ``test``)."""
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"{root} has none of the splits {', '.join(names)}")
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Decode an image as RGB; a file that cannot be decoded raises :class:`DataError` naming it."""
     try:
