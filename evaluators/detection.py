@@ -9,41 +9,39 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from mocobench import dist
 from mocobench.convert import torchvision_to_detectron2, write_detectron2
 from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.options import option
 
 logger = logging.getLogger(__name__)
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 
-
-def _f(default, help: str):  # noqa: A002
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class DetectionConfig:
     """detectron2 fine-tuning of the whole backbone; uppercase ``--set KEY=VALUE`` go to ``opts``."""
 
-    data: str = _f("", "COCO folder (annotations/instances_{train,val}2017.json, {train,val}2017/) or VOC devkit "
+    data: str = option("", "COCO folder (annotations/instances_{train,val}2017.json, {train,val}2017/) or VOC devkit "
                        "(VOC2007[, VOC2012]); empty: the $DETECTRON2_DATASETS layout.")
-    head: Literal["C4", "FPN"] = _f("C4", "R50-C4 with Res5ROIHeadsExtraNorm (the MoCo setup), or FPN.")
-    schedule: Literal["1x", "2x"] = _f("1x", "COCO schedule: 1x (90k iterations) or 2x (180k).")
-    norm: Literal["SyncBN", "naiveSyncBN", "BN"] = _f(
+    head: Literal["C4", "FPN"] = option("C4", "R50-C4 with Res5ROIHeadsExtraNorm (the MoCo setup), or FPN.")
+    schedule: Literal["1x", "2x"] = option("1x", "COCO schedule: 1x (90k iterations) or 2x (180k).")
+    norm: Literal["SyncBN", "naiveSyncBN", "BN"] = option(
         "naiveSyncBN", "Norm of backbone and heads (naiveSyncBN also works with several CPU processes).")
-    preset: Literal["", "cpu-smoke"] = _f("", "cpu-smoke: small images, few ROIs/proposals, 300 iterations.")
-    num_procs: int = _f(1, "Processes per machine (one per GPU; gloo CPU processes without CUDA).")
-    num_machines: int = _f(1, "Machines.")
-    machine_rank: int = _f(0, "Rank of this machine.")
-    dist_url: str = _f("auto", "Rendezvous URL for several processes or machines.")
-    device: str = _f("auto", "auto, cpu or cuda.")
-    resume: bool = _f(False, "Resume from the last detectron2 checkpoint in the output folder.")
-    eval_only: bool = _f(False, "Only evaluate (the converted weights, or the last checkpoint with resume).")
-    repeats: int = _f(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.")
-    opts: tuple[str, ...] = _f((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
+    preset: Literal["", "cpu-smoke"] = option("", "cpu-smoke: small images, few ROIs/proposals, 300 iterations.")
+    num_procs: int = option(1, "Processes per machine (one per GPU; gloo CPU processes without CUDA).")
+    num_machines: int = option(1, "Machines.")
+    machine_rank: int = option(0, "Rank of this machine.")
+    dist_url: str = option("auto", "Rendezvous URL for several processes or machines.")
+    device: str = option("auto", "auto, cpu or cuda.")
+    resume: bool = option(False, "Resume from the last detectron2 checkpoint in the output folder.")
+    eval_only: bool = option(False, "Only evaluate (the converted weights, or the last checkpoint with resume).")
+    repeats: int = option(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.")
+    opts: tuple[str, ...] = option((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
 
 
 def _config_file(task: str, cfg: DetectionConfig) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,7 @@ from mocobench.datasets import (
 )
 from mocobench.evaluators.features import extract_features, resnet_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.options import option
 from mocobench.pretrain.augment import eval_transform, linear_train_transform
 
 logger = logging.getLogger(__name__)
@@ -54,30 +55,27 @@ TORCHVISION_SETS = {
 }
 
 
-def _f(default, help: str):  # noqa: A002
-    return field(default=default, metadata={"help": help})
-
 
 @dataclass
 class FinegrainedConfig:
-    data: str = _f("", "Folder with {train, valid|val, test}/<class>/*, or the root of a torchvision data set.")
-    dataset: Literal["folder", "flowers102", "pets", "aircraft", "cars", "dtd", "food101", "cifar10", "cifar100"] = _f(
+    data: str = option("", "Folder with {train, valid|val, test}/<class>/*, or the root of a torchvision data set.")
+    dataset: Literal["folder", "flowers102", "pets", "aircraft", "cars", "dtd", "food101", "cifar10", "cifar100"] = option(
         "folder", "Layout of --data (torchvision sets are read without downloading).")
-    protocol: Literal["linear", "finetune"] = _f("linear", "linear (logistic regression) or finetune (whole net).")
-    metric: Literal["mean_per_class", "top1"] = _f("mean_per_class", "Selection metric (Flowers, Pets, Aircraft: mean per class).")
-    image_size: int = _f(224, "Centre-crop size (resize to size*256/224 first).")
-    wd_min: float = _f(-6.0, "log10 of the smallest weight decay in the grid.")
-    wd_max: float = _f(5.0, "log10 of the largest weight decay in the grid.")
-    grid_size: int = _f(45, "Number of weight-decay values (C = 1/wd).")
-    max_iter: int = _f(1000, "L-BFGS iterations per fit.")
-    warm_start: bool = _f(True, "Start each grid fit from the previous solution (faster; same optimum up to tolerance).")
-    val_fraction: float = _f(0.2, "Share of train held out as val when the data set has no val split.")
-    ft_epochs: int = _f(10, "finetune: epochs.")
-    ft_lr: float = _f(0.01, "finetune: SGD learning rate per 256 images (cosine schedule).")
-    ft_weight_decay: float = _f(1e-4, "finetune: SGD weight decay.")
-    batch_size: int = _f(64, "Batch size.")
-    workers: int = _f(4, "Data-loading workers.")
-    device: str = _f("auto", "auto, cpu or cuda.")
+    protocol: Literal["linear", "finetune"] = option("linear", "linear (logistic regression) or finetune (whole net).")
+    metric: Literal["mean_per_class", "top1"] = option("mean_per_class", "Selection metric (Flowers, Pets, Aircraft: mean per class).")
+    image_size: int = option(224, "Centre-crop size (resize to size*256/224 first).")
+    wd_min: float = option(-6.0, "log10 of the smallest weight decay in the grid.")
+    wd_max: float = option(5.0, "log10 of the largest weight decay in the grid.")
+    grid_size: int = option(45, "Number of weight-decay values (C = 1/wd).")
+    max_iter: int = option(1000, "L-BFGS iterations per fit.")
+    warm_start: bool = option(True, "Start each grid fit from the previous solution (faster; same optimum up to tolerance).")
+    val_fraction: float = option(0.2, "Share of train held out as val when the data set has no val split.")
+    ft_epochs: int = option(10, "finetune: epochs.")
+    ft_lr: float = option(0.01, "finetune: SGD learning rate per 256 images (cosine schedule).")
+    ft_weight_decay: float = option(1e-4, "finetune: SGD weight decay.")
+    batch_size: int = option(64, "Batch size.")
+    workers: int = option(4, "Data-loading workers.")
+    device: str = option("auto", "auto, cpu or cuda.")
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

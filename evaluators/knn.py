@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,9 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mocobench import dist
-from mocobench.datasets import DataError, ImageDataset, list_images, resolve_split
+from mocobench.datasets import DataError, ImageDataset, eval_split, list_images, resolve_split
 from mocobench.evaluators.features import extract_features
 from mocobench.evaluators.registry import TaskContext, register
+from mocobench.options import option
 from mocobench.pretrain.augment import eval_transform
 
 logger = logging.getLogger(__name__)
@@ -108,23 +109,23 @@ class KnnEvaluator:
 class KnnConfig:
     """kNN transfer (InstDisc protocol, arXiv 1805.01978: k=200, t=0.07)."""
 
-    data: str = field(default="", metadata={"help": "Root with a train split and a val (or test) split."})
-    train_split: str = field(default="train", metadata={"help": "Bank split under --data."})
-    val_split: str = field(default="", metadata={"help": "Scored split under --data (default: val, else test)."})
-    image_size: int = field(default=224, metadata={"help": "Centre-crop size (after resizing to size*256/224)."})
-    k: int = field(default=200, metadata={"help": "Neighbours."})
-    t: float = field(default=0.07, metadata={"help": "Temperature of the exp(s/t) vote weights."})
-    batch_size: int = field(default=256, metadata={"help": "Feature-extraction batch size."})
-    workers: int = field(default=4, metadata={"help": "Data-loading workers."})
-    chunk_size: int = field(default=1024, metadata={"help": "Queries per similarity block (bounds memory)."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    data: str = option("", "Root with a train split and a val (or test) split.")
+    train_split: str = option("train", "Bank split under --data.")
+    val_split: str = option("", "Scored split under --data (default: val, else test).")
+    image_size: int = option(224, "Centre-crop size (after resizing to size*256/224).")
+    k: int = option(200, "Neighbours.")
+    t: float = option(0.07, "Temperature of the exp(s/t) vote weights.")
+    batch_size: int = option(256, "Feature-extraction batch size.")
+    workers: int = option(4, "Data-loading workers.")
+    chunk_size: int = option(1024, "Queries per similarity block (bounds memory).")
+    device: str = option("auto", "auto, cpu or cuda.")
 
 
 @register("knn", KnnConfig, "weighted kNN on frozen pooled features (top-1/top-5)")
 def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
     root = Path(cfg.data)
     bank_dir = resolve_split(root, (cfg.train_split,))
-    query_dir = resolve_split(root, (cfg.val_split,) if cfg.val_split else ("val", "test"))
+    query_dir = eval_split(root, cfg.val_split)
     t0 = time.perf_counter()
     evaluator = KnnEvaluator(bank_dir, query_dir, cfg.image_size, cfg.k, cfg.t, cfg.batch_size, cfg.workers,
                              cfg.chunk_size)

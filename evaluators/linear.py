@@ -22,7 +22,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,10 +34,18 @@ from tqdm import tqdm
 
 from mocobench import dist
 from mocobench.checkpoint import atomic_save, read_checkpoint
-from mocobench.datasets import EpochBatchSampler, ImageDataset, SeededImageDataset, list_images, resolve_split
+from mocobench.datasets import (
+    EpochBatchSampler,
+    ImageDataset,
+    SeededImageDataset,
+    eval_split,
+    list_images,
+    resolve_split,
+)
 from mocobench.evaluators.features import extract_features, resnet_features
 from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.options import option
 from mocobench.pretrain.augment import eval_transform, linear_train_transform
 from mocobench.pretrain.schedule import lr_at_epoch
 
@@ -45,30 +53,27 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "linear_last.pth"
 
 
-def _f(default, help: str):  # noqa: A002
-    return field(default=default, metadata={"help": help})
-
 
 @dataclass
 class LinearConfig:
     """Linear protocol settings; defaults are main_lincls.py's."""
 
-    data: str = _f("", "Root with a train split and a val (or test) split of class folders.")
-    train_split: str = _f("train", "Training split under --data.")
-    val_split: str = _f("", "Evaluation split under --data (default: val, else test).")
-    mode: Literal["faithful", "cached"] = _f("faithful", "faithful (images every epoch) or cached (features once).")
-    epochs: int = _f(100, "Training epochs.")
-    lr: float = _f(30.0, "Learning rate per 256 images (used: lr * batch_size / 256).")
-    lr_milestones: tuple[int, ...] = _f((), "Epochs of the x0.1 steps (default: 60% and 80% of --epochs: 60, 80).")
-    momentum: float = _f(0.9, "SGD momentum.")
-    weight_decay: float = _f(0.0, "SGD weight decay.")
-    batch_size: int = _f(256, "Batch size.")
-    image_size: int = _f(224, "Crop size (test: resize to size*256/224, centre crop).")
-    cached_views: int = _f(1, "cached mode: views per training image (1 = centre crop; more add RRC+flip views).")
-    workers: int = _f(4, "Data-loading workers.")
-    device: str = _f("auto", "auto, cpu or cuda.")
-    resume: bool = _f(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
-    stop_at: int = _f(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.")
+    data: str = option("", "Root with a train split and a val (or test) split of class folders.")
+    train_split: str = option("train", "Training split under --data.")
+    val_split: str = option("", "Evaluation split under --data (default: val, else test).")
+    mode: Literal["faithful", "cached"] = option("faithful", "faithful (images every epoch) or cached (features once).")
+    epochs: int = option(100, "Training epochs.")
+    lr: float = option(30.0, "Learning rate per 256 images (used: lr * batch_size / 256).")
+    lr_milestones: tuple[int, ...] = option((), "Epochs of the x0.1 steps (default: 60% and 80% of --epochs: 60, 80).")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "SGD weight decay.")
+    batch_size: int = option(256, "Batch size.")
+    image_size: int = option(224, "Crop size (test: resize to size*256/224, centre crop).")
+    cached_views: int = option(1, "cached mode: views per training image (1 = centre crop; more add RRC+flip views).")
+    workers: int = option(4, "Data-loading workers.")
+    device: str = option("auto", "auto, cpu or cuda.")
+    resume: bool = option(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
+    stop_at: int = option(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.")
 
 
 #: Settings that may differ between a faithful run and its resumption.
@@ -136,7 +141,7 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     """Train and score the linear classifier; None when ``stop_at`` stopped a faithful run early."""
     root = Path(cfg.data)
     train = list_images(resolve_split(root, (cfg.train_split,)), labelled=True)
-    val = list_images(resolve_split(root, (cfg.val_split,) if cfg.val_split else ("val", "test")), labelled=True)
+    val = list_images(eval_split(root, cfg.val_split), labelled=True)
     if train.classes != val.classes:
         raise TaskError(f"the class folders of {train.root} and {val.root} differ")
     device = dist.select_device(cfg.device)

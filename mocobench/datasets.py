@@ -86,6 +86,12 @@ def resolve_split(root: Path, names: tuple[str, ...]) -> Path:
     raise DataError(f"{root} has none of the splits {', '.join(names)}")
 
 
+
+def eval_split(root: Path, name: str = "") -> Path:
+    """The scored split: ``root/name`` when given, else ``root/val`` or ``root/test``."""
+    return resolve_split(root, (name,) if name else ("val", "test"))
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Decode an image as RGB; a file that cannot be decoded raises :class:`DataError` naming it."""
     try:

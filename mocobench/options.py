@@ -12,6 +12,11 @@ from collections.abc import Callable
 import click
 
 
+def option(default, help: str, **metadata):  # noqa: A002 - "help" as in click
+    """A dataclass field that is also a CLI option / ``--set`` key: its default and its help text."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
 def _unwrap_optional(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

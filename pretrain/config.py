@@ -9,8 +9,10 @@ written back into the fields.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+from mocobench.options import option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 METHODS = ("moco_v1", "moco_v2")
@@ -27,54 +29,51 @@ class ConfigError(ValueError):
     """An option value that cannot work; the message names the option and what is expected."""
 
 
-def _f(default, help: str, **kw):  # noqa: A002 - "help" mirrors click
-    return field(default=default, metadata={"help": help, **kw})
-
 
 @dataclass
 class PretrainConfig:
     """Everything ``mocobench pretrain`` needs. Each field is one CLI option (``--queue-size`` etc.)."""
 
-    data: str = _f("", "ImageFolder tree or plain folder of training images (labels are ignored).", required=True)
-    out: str = _f("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
-    method: Literal["moco_v1", "moco_v2"] = _f("moco_v2", "Recipe: moco_v1 (arXiv 1911.05722) or moco_v2 (2003.04297).")
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = _f(
+    data: str = option("", "ImageFolder tree or plain folder of training images (labels are ignored).", required=True)
+    out: str = option("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
+    method: Literal["moco_v1", "moco_v2"] = option("moco_v2", "Recipe: moco_v1 (arXiv 1911.05722) or moco_v2 (2003.04297).")
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = option(
         "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
     )
-    epochs: int = _f(200, "Training epochs (papers: 200; v2 also 800).")
-    batch_size: int = _f(256, "Global batch size over all processes (papers: 256).")
-    lr: float = _f(0.03, "Base learning rate for a batch of 256; the lr used is lr * batch_size / 256.")
-    lr_schedule: Literal["step", "cosine"] | None = _f(None, "step (v1: x0.1 at the milestones) or cosine (v2).")
-    lr_milestones: tuple[int, ...] = _f((120, 160), "Epochs where the step schedule multiplies lr by 0.1.")
-    momentum: float = _f(0.9, "SGD momentum.")
-    weight_decay: float = _f(1e-4, "SGD weight decay.")
-    image_size: int = _f(224, "Crop size of the training views.")
-    queue_size: int = _f(65536, "Queue size K (number of negatives); must be divisible by the batch size.")
-    dim: int = _f(128, "Feature dimension of the projection head.")
-    moco_m: float = _f(0.999, "Momentum of the key encoder.")
-    moco_t: float | None = _f(None, "Softmax temperature (v1: 0.07, v2: 0.2).")
-    mlp: bool | None = _f(None, "MLP projection head (v2) instead of one fc layer (v1).")
-    aug: Literal["v1", "v2"] | None = _f(None, "Augmentation: v1, or v2 (aug+ with blur).")
-    bn_splits: int | None = _f(
+    epochs: int = option(200, "Training epochs (papers: 200; v2 also 800).")
+    batch_size: int = option(256, "Global batch size over all processes (papers: 256).")
+    lr: float = option(0.03, "Base learning rate for a batch of 256; the lr used is lr * batch_size / 256.")
+    lr_schedule: Literal["step", "cosine"] | None = option(None, "step (v1: x0.1 at the milestones) or cosine (v2).")
+    lr_milestones: tuple[int, ...] = option((120, 160), "Epochs where the step schedule multiplies lr by 0.1.")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(1e-4, "SGD weight decay.")
+    image_size: int = option(224, "Crop size of the training views.")
+    queue_size: int = option(65536, "Queue size K (number of negatives); must be divisible by the batch size.")
+    dim: int = option(128, "Feature dimension of the projection head.")
+    moco_m: float = option(0.999, "Momentum of the key encoder.")
+    moco_t: float | None = option(None, "Softmax temperature (v1: 0.07, v2: 0.2).")
+    mlp: bool | None = option(None, "MLP projection head (v2) instead of one fc layer (v1).")
+    aug: Literal["v1", "v2"] | None = option(None, "Augmentation: v1, or v2 (aug+ with blur).")
+    bn_splits: int | None = option(
         None,
         "BN statistics per sub-batch (shuffling BN on one process, as the MoCo CIFAR demo). "
         "Default: 8 on one process, 1 under torchrun (the real cross-process shuffle).",
     )
-    max_steps: int | None = _f(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
-    seed: int = _f(0, "Seed of the model init, data order, augmentation and shuffles.")
-    workers: int = _f(4, "Data-loading worker processes per training process (0: load in the main process).")
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto uses CUDA when available.")
-    amp: Literal["none", "bf16", "fp16"] = _f("none", "Mixed precision (fp16 uses a gradient scaler; CUDA only).")
-    channels_last: bool = _f(False, "Use the channels_last memory format.")
-    compile: bool = _f(False, "torch.compile the encoders.")
-    save_every: int = _f(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).")
-    log_every: int = _f(10, "Write a step line to metrics.jsonl every N steps.")
-    resume: str | None = _f(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
-    knn_train: str | None = _f(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).")
-    knn_val: str | None = _f(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).")
-    knn_k: int = _f(200, "kNN monitor: neighbours (MoCo CIFAR demo: 200).")
-    knn_t: float = _f(0.1, "kNN monitor: temperature (MoCo CIFAR demo: 0.1).")
-    knn_every: int = _f(1, "Run the kNN monitor every N epochs (and after the last).")
+    max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
+    seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.")
+    workers: int = option(4, "Data-loading worker processes per training process (0: load in the main process).")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto uses CUDA when available.")
+    amp: Literal["none", "bf16", "fp16"] = option("none", "Mixed precision (fp16 uses a gradient scaler; CUDA only).")
+    channels_last: bool = option(False, "Use the channels_last memory format.")
+    compile: bool = option(False, "torch.compile the encoders.")
+    save_every: int = option(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).")
+    log_every: int = option(10, "Write a step line to metrics.jsonl every N steps.")
+    resume: str | None = option(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
+    knn_train: str | None = option(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).")
+    knn_val: str | None = option(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).")
+    knn_k: int = option(200, "kNN monitor: neighbours (MoCo CIFAR demo: 200).")
+    knn_t: float = option(0.1, "kNN monitor: temperature (MoCo CIFAR demo: 0.1).")
+    knn_every: int = option(1, "Run the kNN monitor every N epochs (and after the last).")
 
     # ----------------------------------------------------------------------------- resolution
     def resolved(self) -> PretrainConfig:
