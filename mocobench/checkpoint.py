@@ -3,7 +3,8 @@
 Formats recognised by :func:`detect_format` (and nowhere else):
 
 * ``mocobench``: written by ``mocobench pretrain``; the official layout (below) plus
-  ``format``/``format_version``, ``method``, ``config``, progress, scaler and RNG states.
+  ``format``/``format_version``, ``method``, ``backbone_prefix`` (``encoder_q.`` for MoCo,
+  ``encoder.`` for supervised), ``config``, progress, scaler and RNG states.
 * ``moco_official``: facebookresearch/moco ``main_moco.py`` checkpoints,
   ``{"epoch", "arch", "state_dict": {"module.encoder_q.*", "module.encoder_k.*", "module.queue",
   "module.queue_ptr"}, "optimizer"}``; also accepted without the ``module.`` prefix.
@@ -123,7 +124,8 @@ def infer_resnet_arch(state_dict: dict[str, torch.Tensor]) -> str:
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """Where a backbone came from. ``method`` is e.g. moco_v2, supervised, random, unknown."""
+    """Where a backbone came from. ``method`` is e.g. moco_v2, supervised, random, unknown;
+    ``recipe`` the pretraining settings that define it (mocobench checkpoints only)."""
 
     source: str
     format: str
@@ -131,12 +133,19 @@ class BackboneInfo:
     method: str
     epoch: int | None
     sha256: str | None
+    recipe: dict[str, Any] | None = None
+
+
+#: The pretraining settings copied from a mocobench checkpoint into every results file.
+RECIPE_KEYS = ("method", "arch", "data", "epochs", "batch_size", "lr", "lr_schedule", "image_size",
+               "queue_size", "moco_m", "moco_t", "mlp", "aug", "bn_splits", "seed")
 
 
 def backbone_state_dict(obj: dict, fmt: str) -> dict[str, torch.Tensor]:
     """The query encoder's (or plain ResNet's) weights without the head (``fc.*``)."""
     if fmt in ("mocobench", "moco_official"):
-        sd = strip_prefix(strip_wrappers(obj["state_dict"]), "encoder_q.")
+        # MoCo keeps the query encoder under encoder_q.; supervised pretraining under encoder.
+        sd = strip_prefix(strip_wrappers(obj["state_dict"]), obj.get("backbone_prefix", "encoder_q."))
     else:
         sd = strip_wrappers(obj)
     return {k: v for k, v in sd.items() if not k.startswith("fc.")}
@@ -173,4 +182,6 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0) ->
     model.fc = nn.Identity()
     method = obj.get("method") or {"moco_official": "moco", "torchvision": "supervised"}.get(fmt, "unknown")
     epoch = obj.get("epoch") if fmt != "torchvision" else None
-    return model, BackboneInfo(str(source), fmt, found, method, epoch, file_sha256(source))
+    config = obj.get("config") if fmt == "mocobench" else None
+    recipe = {k: config.get(k) for k in RECIPE_KEYS} if isinstance(config, dict) else None
+    return model, BackboneInfo(str(source), fmt, found, method, epoch, file_sha256(source), recipe)

@@ -94,7 +94,7 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> Callable:
             else:
                 decl = [name]
                 kw["type"] = click_type(tp)
-                if typing.get_origin(tp) is tuple:
+                if typing.get_origin(tp) is tuple and f.default is not None:
                     kw["default"] = ",".join(map(str, f.default))
             if optional and tp is bool:
                 kw["default"] = None

@@ -15,13 +15,18 @@ from typing import Literal
 from mocobench.options import option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-METHODS = ("moco_v1", "moco_v2")
+METHODS = ("moco_v1", "moco_v2", "supervised")
+MOCO_METHODS = ("moco_v1", "moco_v2")
 
 #: Method recipes: MoCo v1 (arXiv 1911.05722 sec. 3.3/4) and v2 (arXiv 2003.04297 table 1),
-#: as in the official ``main_moco.py`` flags (``--mlp --moco-t 0.2 --aug-plus --cos`` for v2).
+#: as in the official ``main_moco.py`` flags (``--mlp --moco-t 0.2 --aug-plus --cos`` for v2);
+#: supervised: torchvision's ImageNet reference recipe (``references/classification``: lr 0.1 per
+#: 256 images, 90 epochs, x0.1 at 30 and 60; RandomResizedCrop + flip).
+_MOCO = {"lr": 0.03, "epochs": 200, "lr_milestones": (120, 160)}
 RECIPES: dict[str, dict[str, object]] = {
-    "moco_v1": {"moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
-    "moco_v2": {"moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    "moco_v1": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
+    "moco_v2": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    "supervised": {"lr": 0.1, "epochs": 90, "lr_milestones": (30, 60), "lr_schedule": "step", "bn_splits": 1},
 }
 
 
@@ -34,17 +39,24 @@ class ConfigError(ValueError):
 class PretrainConfig:
     """Everything ``mocobench pretrain`` needs. Each field is one CLI option (``--queue-size`` etc.)."""
 
-    data: str = option("", "ImageFolder tree or plain folder of training images (labels are ignored).", required=True)
+    data: str = option("", "ImageFolder tree or plain folder of training images (labels are used by supervised only).", required=True)
     out: str = option("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
-    method: Literal["moco_v1", "moco_v2"] = option("moco_v2", "Recipe: moco_v1 (arXiv 1911.05722) or moco_v2 (2003.04297).")
+    method: Literal["moco_v1", "moco_v2", "supervised"] = option(
+        "moco_v2",
+        "moco_v1 (arXiv 1911.05722), moco_v2 (2003.04297), or supervised (labels + cross-entropy: the baseline).",
+    )
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = option(
         "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
     )
-    epochs: int = option(200, "Training epochs (papers: 200; v2 also 800).")
+    epochs: int | None = option(None, "Training epochs (MoCo papers: 200, v2 also 800; supervised: 90).")
     batch_size: int = option(256, "Global batch size over all processes (papers: 256).")
-    lr: float = option(0.03, "Base learning rate for a batch of 256; the lr used is lr * batch_size / 256.")
+    lr: float | None = option(
+        None, "Learning rate for a batch of 256 (MoCo 0.03, supervised 0.1); the lr used is lr * batch_size / 256."
+    )
     lr_schedule: Literal["step", "cosine"] | None = option(None, "step (v1: x0.1 at the milestones) or cosine (v2).")
-    lr_milestones: tuple[int, ...] = option((120, 160), "Epochs where the step schedule multiplies lr by 0.1.")
+    lr_milestones: tuple[int, ...] | None = option(
+        None, "Epochs where the step schedule multiplies lr by 0.1 (MoCo v1: 120,160; supervised: 30,60)."
+    )
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(1e-4, "SGD weight decay.")
     image_size: int = option(224, "Crop size of the training views.")
@@ -57,7 +69,7 @@ class PretrainConfig:
     bn_splits: int | None = option(
         None,
         "BN statistics per sub-batch (shuffling BN on one process, as the MoCo CIFAR demo). "
-        "Default: 8 on one process, 1 under torchrun (the real cross-process shuffle).",
+        "Default: 8 on one process, 1 under torchrun (the real cross-process shuffle); 1 for supervised.",
     )
     max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
     seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.")
@@ -85,7 +97,7 @@ class PretrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
+        d["lr_milestones"] = None if self.lr_milestones is None else list(self.lr_milestones)
         return d
 
     @classmethod
@@ -95,7 +107,7 @@ class PretrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(names)}")
         d = dict(d)
-        if "lr_milestones" in d:
+        if d.get("lr_milestones") is not None:
             d["lr_milestones"] = tuple(d["lr_milestones"])
         return cls(**d)
 
@@ -123,7 +135,7 @@ class PretrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.batch_size % world:
             raise ConfigError(f"--batch-size {self.batch_size} must be divisible by the {world} processes")
-        if self.queue_size % self.batch_size:
+        if self.method in MOCO_METHODS and self.queue_size % self.batch_size:
             raise ConfigError(
                 f"--queue-size {self.queue_size} must be divisible by the global batch size {self.batch_size} "
                 "(the queue is a ring written one global batch at a time)"

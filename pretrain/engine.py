@@ -41,11 +41,12 @@ from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_image
 from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
-from mocobench.pretrain.augment import TwoCrops, moco_transform
+from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
 from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainConfig
 from mocobench.pretrain.moco import MoCo
 from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.pretrain.split_bn import SplitBatchNorm
+from mocobench.pretrain.supervised import Supervised
 from mocobench.results import package_versions
 
 logger = logging.getLogger(__name__)
@@ -99,11 +100,20 @@ class Progress:
     global_step: int = 0
 
 
-def build_model(cfg: PretrainConfig, world: int) -> MoCo:
-    """MoCo around a torchvision ResNet; BatchNorm2d becomes SplitBatchNorm when bn_splits > 1."""
+#: A pretraining method as the loop sees it: ``inputs(batch)``, ``forward(*inputs, generator) ->
+#: (logits, labels, state)`` (cross-entropy of logits against labels is the loss), ``after_step(state)``,
+#: ``backbone`` and ``backbone_prefix``. The methods differ only inside these classes.
+Method = MoCo | Supervised
+
+
+def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0) -> Method:
+    """The method's module around a torchvision ResNet; BatchNorm2d becomes SplitBatchNorm when
+    bn_splits > 1. ``num_classes`` sizes the supervised classifier."""
     splits = cfg.effective_bn_splits(world)
     norm = partial(SplitBatchNorm, num_splits=splits) if splits > 1 else nn.BatchNorm2d
     arch = getattr(torchvision.models, cfg.arch)
+    if cfg.method == "supervised":
+        return Supervised(arch(num_classes=num_classes, norm_layer=norm))
     return MoCo(
         lambda: arch(num_classes=cfg.dim, norm_layer=norm),
         dim=cfg.dim,
@@ -134,17 +144,18 @@ def _restore_rng(states: dict, shuffle_gen: torch.Generator) -> None:
     random.setstate(states["python"])
 
 
-def make_checkpoint(cfg, moco, optimizer, scaler, progress: Progress, shuffle_gen) -> dict:
+def make_checkpoint(cfg, method, optimizer, scaler, progress: Progress, shuffle_gen) -> dict:
     """Official layout (``epoch``, ``arch``, ``state_dict`` with ``module.`` keys, ``optimizer``) plus ours."""
     return {
         "epoch": progress.epoch,  # as official: the next epoch to run when ``step`` is 0
         "arch": cfg.arch,
-        "state_dict": {"module." + k: v for k, v in moco.state_dict().items()},
+        "state_dict": {"module." + k: v for k, v in method.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "mocobench_version": mocobench.__version__,
         "method": cfg.method,
+        "backbone_prefix": method.backbone_prefix,
         "config": cfg.to_dict(),
         "step_in_epoch": progress.step,
         "global_step": progress.global_step,
@@ -154,9 +165,9 @@ def make_checkpoint(cfg, moco, optimizer, scaler, progress: Progress, shuffle_ge
     }
 
 
-def restore(payload: dict, moco: MoCo, optimizer, scaler, shuffle_gen: torch.Generator) -> Progress:
+def restore(payload: dict, method: Method, optimizer, scaler, shuffle_gen: torch.Generator) -> Progress:
     """Load a mocobench checkpoint's state (strictly) into the training objects; return its progress."""
-    moco.load_state_dict(strip_wrappers(payload["state_dict"]))
+    method.load_state_dict(strip_wrappers(payload["state_dict"]))
     optimizer.load_state_dict(payload["optimizer"])
     scaler.load_state_dict(payload["scaler"])
     _restore_rng(payload["rng"], shuffle_gen)
@@ -215,21 +226,22 @@ def _autocast(device: torch.device, amp: str):
 
 def train_step(
     model: nn.Module,
-    moco: MoCo,
-    im_q: torch.Tensor,
-    im_k: torch.Tensor,
+    method: Method,
+    inputs: tuple[torch.Tensor, ...],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     shuffle_gen: torch.Generator,
     amp: str = "none",
 ) -> tuple[float, float]:
-    """One MoCo step: forward (momentum update, shuffled keys), InfoNCE, SGD step, then enqueue.
+    """One step: forward (MoCo: momentum update, shuffled keys, InfoNCE logits), cross-entropy, SGD
+    step, then ``method.after_step`` (MoCo: enqueue the keys).
 
-    ``model`` is ``moco`` or its DDP wrapper. Returns (loss, top-1 % of the positive among the
-    1 + K logits). Raises :class:`NonFiniteLossError` before the optimiser step.
+    ``model`` is ``method`` or its DDP wrapper; ``inputs`` come from ``method.inputs(batch)``.
+    Returns (loss, top-1 % of the logits: the positive among 1 + K for MoCo, the class when
+    supervised). Raises :class:`NonFiniteLossError` before the optimiser step.
     """
-    with _autocast(im_q.device, amp):
-        logits, labels, keys = model(im_q, im_k, shuffle_gen)
+    with _autocast(inputs[0].device, amp):
+        logits, labels, state = model(*inputs, shuffle_gen)
         loss = F.cross_entropy(logits.float(), labels)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
@@ -238,13 +250,13 @@ def train_step(
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    moco.enqueue(keys)
-    return loss_value, 100.0 * (logits.argmax(dim=1) == 0).float().mean().item()
+    method.after_step(state)
+    return loss_value, 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
 
 
 def train_one_epoch(
     model: nn.Module,
-    moco: MoCo,
+    method: Method,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -272,13 +284,15 @@ def train_one_epoch(
         dynamic_ncols=True,
         mininterval=2.0,
     )
-    for (im_q, im_k), _ in loader:
+    for batch in loader:
         if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
             break
-        im_q = im_q.to(device, non_blocking=True, memory_format=fmt)
-        im_k = im_k.to(device, non_blocking=True, memory_format=fmt)
+        inputs = tuple(
+            x.to(device, non_blocking=True, memory_format=fmt) if x.dim() == 4 else x.to(device, non_blocking=True)
+            for x in method.inputs(batch)
+        )
         try:
-            loss_value, acc1 = train_step(model, moco, im_q, im_k, optimizer, scaler, shuffle_gen, cfg.amp)
+            loss_value, acc1 = train_step(model, method, inputs, optimizer, scaler, shuffle_gen, cfg.amp)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
                 f"{e} at epoch {progress.epoch + 1}, step {progress.step + 1} of {loader.batch_sampler.steps_per_epoch}"
@@ -293,7 +307,7 @@ def train_one_epoch(
         sums["loss"] += loss_value
         sums["acc1"] += acc1
         now = time.perf_counter()
-        ips = im_q.shape[0] * world / max(now - t_last, 1e-9)
+        ips = inputs[0].shape[0] * world / max(now - t_last, 1e-9)
         t_last = now
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", acc1=f"{acc1:.1f}", lr=f"{lr:.4g}", ips=f"{ips:.0f}", refresh=False)
@@ -325,17 +339,17 @@ def train_one_epoch(
     }
 
 
-def _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out: Path, periodic: bool) -> None:
+def _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out: Path, periodic: bool) -> None:
     if not dist.is_main():
         return
-    payload = make_checkpoint(cfg, moco, optimizer, scaler, progress, shuffle_gen)
+    payload = make_checkpoint(cfg, method, optimizer, scaler, progress, shuffle_gen)
     atomic_save(payload, out / LAST)
     if periodic:
         atomic_save(payload, out / f"checkpoint_{progress.epoch:04d}.pth")
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) a MoCo pretraining; returns the path of the last checkpoint."""
+    """Run (or resume) a MoCo or supervised pretraining; returns the path of the last checkpoint."""
     cfg = cfg.resolved()
     try:
         device = dist.select_device(cfg.device)
@@ -354,10 +368,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if payload is not None:
         check_resumable(payload, cfg, resume_path)
 
-    images = list_images(cfg.data)
+    supervised = cfg.method == "supervised"
+    images = list_images(cfg.data, labelled=supervised or None)
     local_batch = cfg.per_process_batch(world)
     sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
-    dataset = SeededImageDataset(images, TwoCrops(moco_transform(cfg.aug, cfg.image_size)))
+    transform = linear_train_transform(cfg.image_size) if supervised else TwoCrops(moco_transform(cfg.aug, cfg.image_size))
+    dataset = SeededImageDataset(images, transform)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -367,20 +383,20 @@ def pretrain(cfg: PretrainConfig) -> Path:
     )
 
     torch.manual_seed(cfg.seed)
-    moco = build_model(cfg, world).to(device)
+    method = build_model(cfg, world, len(images.classes)).to(device)
     if cfg.channels_last:
-        moco = moco.to(memory_format=torch.channels_last)
+        method = method.to(memory_format=torch.channels_last)
     if cfg.compile:
-        moco.encoder_q.compile()
-        moco.encoder_k.compile()
-    model: nn.Module = moco
+        for encoder in (method.encoder_q, method.encoder_k) if isinstance(method, MoCo) else (method.encoder,):
+            encoder.compile()
+    model: nn.Module = method
     if world > 1:
         # The queue and BN buffers need no broadcast: every rank enqueues the same gathered keys,
         # and rank 0 (whose buffers are saved) is unaffected by a broadcast of its own buffers.
         model = DistributedDataParallel(
-            moco, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+            method, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
         )
-    params = [p for p in moco.parameters() if p.requires_grad]
+    params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.scaled_lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -388,7 +404,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main())
 
     if payload is not None:
-        progress = restore(payload, moco, optimizer, scaler, shuffle_gen)
+        progress = restore(payload, method, optimizer, scaler, shuffle_gen)
         metrics.truncate_after(progress.global_step)
         logger.info(
             "resumed %s: epoch %d, step %d (global step %d)",
@@ -410,7 +426,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         (out / "config.yaml").write_text(
             yaml.safe_dump({"config": cfg.to_dict(), "derived": derived, "versions": package_versions()}, sort_keys=False)
         )
-    logger.info("MoCo %s %s on %d images: %s", cfg.method, cfg.arch, len(images), derived)
+    logger.info("%s %s on %d images: %s", cfg.method, cfg.arch, len(images), derived)
 
     monitor = None
     if cfg.knn_train and dist.is_main():
@@ -426,16 +442,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 group["lr"] = lr
             sampler.set_epoch(epoch, progress.step)
             stats = train_one_epoch(
-                model, moco, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics, stop
+                model, method, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics, stop
             )
             if progress.step < sampler.steps_per_epoch:  # stopped inside the epoch (--max-steps or a signal)
-                _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out, periodic=False)
+                _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out, periodic=False)
                 break
             progress.epoch, progress.step = epoch + 1, 0
             record = {"kind": "epoch", "epoch": epoch, "global_step": progress.global_step, **stats}
             last_epoch = progress.epoch == cfg.epochs
             if monitor is not None and (progress.epoch % cfg.knn_every == 0 or last_epoch):
-                knn = monitor.evaluate(moco.encoder_q, device, cfg.channels_last)
+                knn = monitor.evaluate(method.backbone, device, cfg.channels_last)
                 record.update({f"knn_{k}": v for k, v in knn.items()}, knn_k=cfg.knn_k, knn_t=cfg.knn_t)
             dist.barrier()
             metrics.write(record)
@@ -445,7 +461,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                           if k not in ("kind", "epoch")),
             )
-            _save(cfg, moco, optimizer, scaler, progress, shuffle_gen, out,
+            _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out,
                   periodic=progress.epoch % cfg.save_every == 0 or last_epoch)
     dist.barrier()
     if stop.requested(device):

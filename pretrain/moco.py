@@ -119,7 +119,13 @@ class MoCo(nn.Module):
         m: momentum of the key encoder (0.999).
         temperature: softmax temperature T (0.07 v1, 0.2 v2).
         mlp: MoCo v2 MLP head.
+
+    The training loop sees every method through ``inputs(batch)``, ``forward(...) -> (logits,
+    labels, state)`` and ``after_step(state)`` (here: enqueue the keys after the optimiser step).
     """
+
+    #: Where the backbone lives in the state dict (the official layout).
+    backbone_prefix = "encoder_q."
 
     def __init__(
         self,
@@ -159,7 +165,21 @@ class MoCo(nn.Module):
         logits, labels = contrastive_logits(q, k.to(q.dtype), self.queue.to(q.dtype), self.temperature)
         return logits, labels, dist.all_gather_cat(k.to(self.queue.dtype))
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The query encoder (the network that transfers)."""
+        return self.encoder_q
+
+    @staticmethod
+    def inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """((query view, key view), labels) batches: labels are ignored."""
+        (im_q, im_k), _ = batch
+        return im_q, im_k
+
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Dequeue the oldest keys and enqueue ``keys`` (world * B, C)."""
         enqueue_(self.queue, self.queue_ptr, keys)
+
+    def after_step(self, keys: torch.Tensor) -> None:
+        self.enqueue(keys)

@@ -21,10 +21,13 @@ def test_defaults_are_the_published_recipes():
     assert (v1.moco_t, v1.mlp, v1.aug, v1.lr_schedule, v1.lr_milestones) == (0.07, False, "v1", "step", (120, 160))
     assert (v2.moco_t, v2.mlp, v2.aug, v2.lr_schedule) == (0.2, True, "v2", "cosine")
     assert PretrainConfig(data="d", out="o", moco_t=0.5).resolved().moco_t == 0.5  # explicit beats recipe
+    sup = PretrainConfig(data="d", out="o", method="supervised", queue_size=1000).resolved()  # torchvision recipe
+    assert (sup.lr, sup.epochs, sup.lr_schedule, sup.lr_milestones, sup.bn_splits) == (0.1, 90, "step", (30, 60), 1)
+    sup.validate()  # the queue size plays no part
 
 
 def test_derived_values_are_computed_not_stored():
-    c = PretrainConfig(data="d", out="o", batch_size=64, queue_size=4096)
+    c = PretrainConfig(data="d", out="o", batch_size=64, queue_size=4096).resolved()
     assert c.scaled_lr() == pytest.approx(0.0075) and c.lr == 0.03
     assert c.effective_bn_splits(1) == 8 and c.effective_bn_splits(4) == 1 and c.bn_splits is None
     assert c.per_process_batch(4) == 16

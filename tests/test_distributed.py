@@ -50,7 +50,7 @@ def _run(moco: MoCo, model: nn.Module, rank: int, local_b: int):
     gen = torch.Generator().manual_seed(11)
     for xq, xk in _batches():
         sl = slice(rank * local_b, (rank + 1) * local_b)
-        train_step(model, moco, xq[sl], xk[sl], opt, scaler, gen)
+        train_step(model, moco, (xq[sl], xk[sl]), opt, scaler, gen)
     return {k: v.clone() for k, v in moco.state_dict().items()}
 
 
