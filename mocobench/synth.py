@@ -34,13 +34,15 @@ CLASSES: tuple[tuple[str, float, str], ...] = (
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """Size of the synthetic set. Defaults: 10 classes x (60 train + 20 val) images of 64 px."""
+    """Size of the synthetic set. Defaults: 10 classes x (60 train + 20 val) images of 64 px, and
+    optionally a test split (for the fine-grained protocol, which selects on val and reports test)."""
 
     classes: int = 10
     train_per_class: int = 60
     val_per_class: int = 20
     size: int = 64
     seed: int = 0
+    test_per_class: int = 0
 
 
 def class_name(c: int) -> str:
@@ -112,13 +114,14 @@ def render(c: int, size: int, rng: np.random.Generator) -> Image.Image:
 
 
 def write_synthetic_classification(out: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
-    """Write ``out/{train,val}/<class>/<i>.png``; returns ``out``. Refuses a non-empty folder."""
+    """Write ``out/{train,val[,test]}/<class>/<i>.png``; returns ``out``. Refuses a non-empty folder."""
     out = Path(out)
     if not 1 <= spec.classes <= len(CLASSES):
         raise ValueError(f"--classes must be between 1 and {len(CLASSES)}, got {spec.classes}")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty; choose an empty or new folder")
-    for split, n, split_id in (("train", spec.train_per_class, 0), ("val", spec.val_per_class, 1)):
+    splits = (("train", spec.train_per_class, 0), ("val", spec.val_per_class, 1), ("test", spec.test_per_class, 2))
+    for split, n, split_id in (s for s in splits if s[1] > 0):
         for c in range(spec.classes):
             folder = out / split / class_name(c)
             folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,7 @@ def write_synthetic_classification(out: str | Path, spec: SynthSpec = SynthSpec(
                 rng = np.random.default_rng([spec.seed, split_id, c, i])
                 render(c, spec.size, rng).save(folder / f"{i:04d}.png", optimize=False)
     logger.info(
-        "wrote %d classes x (%d train + %d val) images of %d px to %s",
-        spec.classes, spec.train_per_class, spec.val_per_class, spec.size, out,
+        "wrote %d classes x (%d train + %d val + %d test) images of %d px to %s",
+        spec.classes, spec.train_per_class, spec.val_per_class, spec.test_per_class, spec.size, out,
     )
     return out

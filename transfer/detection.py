@@ -100,10 +100,10 @@ def _unregister(name: str) -> None:
         MetadataCatalog.remove(name)
 
 
-def register_voc(name: str, dirname: Path, split: str, year: int) -> None:
+def register_voc(name: str, dirname: Path, split: str, year: int, classes: tuple[str, ...] = VOC_CLASSES) -> None:
     _check_file(dirname / "ImageSets" / "Main" / f"{split}.txt", "VOC split file")
     _unregister(name)
-    register_pascal_voc(name, str(dirname), split, year, VOC_CLASSES)
+    register_pascal_voc(name, str(dirname), split, year, classes)
     MetadataCatalog.get(name).set(evaluator_type="pascal_voc")
 
 
@@ -125,13 +125,26 @@ def register_data(task: str, data: str) -> tuple[tuple[str, ...], tuple[str, ...
     devkit = root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
     if not (devkit / "VOC2007").is_dir():
         raise DataError(f"{devkit} holds no VOC2007 folder (expected a VOC devkit: VOC2007[/VOC2012])")
+    classes = voc_classes(devkit)
     train = []
     for year in (2007, 2012):
         if (devkit / f"VOC{year}").is_dir():
-            register_voc(f"mb_voc_{year}_trainval", devkit / f"VOC{year}", "trainval", year)
+            register_voc(f"mb_voc_{year}_trainval", devkit / f"VOC{year}", "trainval", year, classes)
             train.append(f"mb_voc_{year}_trainval")
-    register_voc("mb_voc_2007_test", devkit / "VOC2007", "test", 2007)
-    return tuple(train), ("mb_voc_2007_test",), len(VOC_CLASSES)
+    register_voc("mb_voc_2007_test", devkit / "VOC2007", "test", 2007, classes)
+    return tuple(train), ("mb_voc_2007_test",), len(classes)
+
+
+def voc_classes(devkit: Path) -> tuple[str, ...]:
+    """The 20 Pascal VOC classes, or for a custom VOC-format set the names in ``<devkit>/labels.txt``
+    (one per line), in that order."""
+    labels = devkit / "labels.txt"
+    if not labels.is_file():
+        return VOC_CLASSES
+    names = tuple(line.strip() for line in labels.read_text().splitlines() if line.strip())
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"{labels} must list distinct class names, one per line; found {list(names)}")
+    return names
 
 
 def build_cfg(task: str, config_file: str, weights: str, out: Path, depth: int,
