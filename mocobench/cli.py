@@ -24,11 +24,12 @@ def main() -> None:
 @main.command()
 @dataclass_options(PretrainConfig)
 def pretrain(**options) -> None:
-    """Pretrain MoCo v1/v2 on a folder of images (one process, or N under torchrun).
+    """Pretrain MoCo v1/v2 (or the supervised baseline) on a folder of images (one process, or N under torchrun).
 
     \b
     Defaults are the published recipes (ResNet-50, batch 256, lr 0.03 per 256 images, K 65536,
-    m 0.999; v1: T 0.07, fc head, step lr; v2: T 0.2, MLP head, cosine lr, blur).
+    m 0.999; v1: T 0.07, fc head, step lr; v2: T 0.2, MLP head, cosine lr, blur; supervised:
+    lr 0.1 per 256, 90 epochs, x0.1 at 30 and 60).
     Example (CPU, small):
       mocobench pretrain --data imagenette/train --out runs/v2 --arch resnet18 \\
           --image-size 64 --batch-size 64 --queue-size 4096 --epochs 20
@@ -122,27 +123,97 @@ def list_tasks() -> None:
             click.echo(f"    {f.name} = {f.default!r}  {f.metadata.get('help', '')}")
 
 
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Suite folder: OUT/<label>/<task>/.")
+@click.option("--preset", default="cpu-small", show_default=True, help="Task list: cpu-small, demo or paper.")
+@click.option("--tasks", default="", help="Comma-separated subset of the preset's tasks.")
+@click.option("--data-root", default=".", show_default=True, help="Folder holding the preset's data folders.")
+@click.option("--arch", default=None, help="Architecture of 'random' (checked against the other checkpoints).")
+@click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE", help="Override a task's config.")
+@click.option("--report", "report_dir", default=None, help="Report folder (default: OUT/report).")
+@click.option("--baseline", default="supervised", show_default=True, help="Row the report's deltas refer to.")
+def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_dir, baseline) -> None:
+    """Run a preset's tasks on each CHECKPOINT ([LABEL=]PATH or 'random'), then write the report.
+
+    Pairs that already have results are skipped, so re-running an interrupted suite resumes it.
+    Example:  mocobench suite moco=runs/v2/checkpoint_last.pth sup=runs/sup/checkpoint_last.pth random
+    --arch resnet18 --preset cpu-small --data-root ../shared/data --out runs/suite
+    """
+    from pathlib import Path
+
+    from mocobench.log import setup_logging
+    from mocobench.report import write_report
+    from mocobench.results import ResultsError
+    from mocobench.suite import SuiteError, run_suite
+
+    setup_logging()
+    error = None
+    try:
+        run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch, overrides)
+    except SuiteError as e:
+        error = e
+    try:
+        report = write_report([out], report_dir or Path(out) / "report", baseline)
+        logger.info("report: %s", report.out / "report.md")
+    except ResultsError as e:
+        error = error or e
+    if error is not None:
+        raise click.ClickException(str(error))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", required=True, help="Report folder (e.g. reports/NAME).")
+@click.option("--baseline", default="supervised", show_default=True, help="Row the deltas refer to.")
+@click.option("--title", default="", help="Title of report.md / report.html.")
+def report(run_dirs, out, baseline, title) -> None:
+    """Tables (md/csv/html) and figures from every results.json below RUN_DIRS."""
+    from mocobench.log import setup_logging
+    from mocobench.report import write_report
+    from mocobench.results import ResultsError
+
+    setup_logging()
+    try:
+        rep = write_report(list(run_dirs), out, baseline, title)
+    except ResultsError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(rep.out / "report.md")
+
+
 @main.group()
 def data() -> None:
-    """Data sets: the embedded synthetic set."""
+    """Data sets: the embedded synthetic sets, and downloads of the public ones."""
 
 
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
+@click.option("--what", type=click.Choice(["all", "classification", "detection"]), default="all", show_default=True,
+              help="classification: OUT/classification/{train,val}; detection: OUT/coco and OUT/voc.")
 @click.option("--classes", default=10, show_default=True, help="Number of classes (at most 10).")
 @click.option("--train-per-class", default=60, show_default=True)
 @click.option("--val-per-class", default=20, show_default=True)
-@click.option("--size", default=64, show_default=True, help="Image side in pixels.")
+@click.option("--test-per-class", default=20, show_default=True)
+@click.option("--size", default=64, show_default=True, help="Image side in pixels (classification).")
+@click.option("--det-train", default=120, show_default=True, help="Detection training images.")
+@click.option("--det-val", default=40, show_default=True, help="Detection validation images.")
 @click.option("--seed", default=0, show_default=True)
-def data_synth(out: str, classes: int, train_per_class: int, val_per_class: int, size: int, seed: int) -> None:
-    """Write the deterministic synthetic ImageFolder set (OUT/train, OUT/val)."""
+def data_synth(out: str, what: str, classes: int, train_per_class: int, val_per_class: int, test_per_class: int,
+               size: int, det_train: int, det_val: int, seed: int) -> None:
+    """Write the deterministic synthetic data sets under OUT (no download needed)."""
+    from pathlib import Path
+
     from mocobench.log import setup_logging
     from mocobench.synth import SynthSpec, write_synthetic_classification
+    from mocobench.synth_det import SynthDetSpec, write_synthetic_detection
 
     setup_logging()
-    spec = SynthSpec(classes, train_per_class, val_per_class, size, seed)
     try:
-        write_synthetic_classification(out, spec)
+        if what in ("all", "classification"):
+            spec = SynthSpec(classes, train_per_class, val_per_class, size, seed, test_per_class)
+            write_synthetic_classification(Path(out) / "classification", spec)
+        if what in ("all", "detection"):
+            write_synthetic_detection(out, SynthDetSpec(det_train, det_val, seed=seed))
     except ValueError as e:
         raise click.ClickException(str(e)) from e
 

@@ -121,3 +121,22 @@ def test_bad_detection_input_is_named(shared_data, tmp_path):
     r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "voc_det", "--data", shared_data / "voc-from-coco",
                  "--out", tmp_path / "d"], expect_ok=False)
     assert "head=C4 needs Bottleneck blocks" in r.output
+
+
+def test_synthetic_detection_sets_score_ap_100_and_map_their_ids(tmp_path):
+    """The embedded COCO set (ids 3, 7, 11, 20) and its VOC copy (labels.txt) load and are consistent."""
+    from mocobench.synth_det import CATEGORIES, SynthDetSpec, write_synthetic_detection
+    from mocobench.transfer.detection import register_data
+
+    root = write_synthetic_detection(tmp_path / "d", SynthDetSpec(train=4, val=6, size=96))
+    train, test, n = register_data("coco_instseg", str(root / "coco"))
+    assert n == len(CATEGORIES)
+    res = _gt_as_predictions(test[0], with_masks=True)
+    assert res["bbox"]["AP"] == pytest.approx(100.0) and res["segm"]["AP"] == pytest.approx(100.0, abs=1.0)
+    train, test, n = register_data("voc_det", str(root / "voc"))
+    assert n == len(CATEGORIES)
+    res = _gt_as_predictions(test[0], with_masks=False)
+    assert res["bbox"]["AP50"] == pytest.approx(100.0)
+    (root / "voc" / "labels.txt").write_text("circle\ncircle\n")
+    with pytest.raises(ValueError, match="labels.txt must list distinct class names"):
+        register_data("voc_det", str(root / "voc"))

@@ -1,0 +1,329 @@
+"""``mocobench report``: every ``results.json`` below some folders -> one tidy DataFrame -> tables and figures.
+
+The tidy frame has one row per (pretraining, task, metric, seed): repeated detection runs
+(``--repeats``) contribute one row per seed, so every mean ± std is computed here the same way.
+Outputs (``write_report``): ``report.md``, ``report.csv`` (the tidy frame), ``report.html`` (deltas
+coloured), ``pivot.csv``, ``delta.csv`` and PNG figures. A missing cell stays missing (``—``), never 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mocobench.atomic import atomic_write, atomic_write_text
+from mocobench.metrics import read_metrics
+from mocobench.results import RESULTS_FILE, ResultsError, read_results
+
+logger = logging.getLogger(__name__)
+
+#: Config fields that do not change a number (resources, bookkeeping); left out of the protocol and the hash.
+BOOKKEEPING = frozenset({
+    "workers", "device", "chunk_size", "num_procs", "num_machines", "machine_rank", "dist_url", "resume",
+    "eval_only", "stop_at", "warm_start", "derived",
+})
+#: Row order of the tables (others follow alphabetically) and task families of the figures.
+ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
+FAMILIES = {"classification": ("knn", "linear", "finegrained"), "detection": ("voc_det", "coco_det", "coco_instseg")}
+#: Metrics drawn in the figures (the tables show every metric).
+HEADLINE = {"knn": "top1", "linear": "top1_final", "finegrained": "mean_per_class", "voc_det": "bbox_AP50",
+            "coco_det": "bbox_AP", "coco_instseg": "segm_AP"}
+#: Metrics that are not scores (no difference is taken).
+NOT_SCORES = frozenset({"best_epoch", "wd"})
+MISSING = "—"
+
+
+def find_results(roots: list[str | Path]) -> list[Path]:
+    """All ``results.json`` files below ``roots`` (a root may also be a results file)."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.exists():
+            raise ResultsError(f"{root} does not exist")
+        found += [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE))
+    if not found:
+        raise ResultsError(f"no {RESULTS_FILE} below {', '.join(map(str, roots))}")
+    return found
+
+
+def protocol(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that define a number (``BOOKKEEPING`` removed); data folders by their name."""
+    out = {k: v for k, v in config.items() if k not in BOOKKEEPING}
+    if out.get("data"):
+        out["data"] = Path(out["data"]).name
+    derived = config.get("derived") or {}
+    if "config_file" in derived:  # detection: the shipped detectron2 config
+        out["config_file"] = derived["config_file"]
+    return out
+
+
+def config_hash(proto: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def collect(roots: list[str | Path]) -> pd.DataFrame:
+    """One tidy DataFrame of every results file below ``roots``.
+
+    Columns: pretraining, task, metric, value, seed, config_hash, protocol, arch, checkpoint,
+    checkpoint_sha256, checkpoint_epoch, recipe, path. ``*_std`` metrics are dropped (recomputed
+    from the per-seed rows). A task run under several protocols becomes ``task@<config hash>``.
+    """
+    rows = []
+    for path in find_results(roots):
+        rec = read_results(path)
+        try:
+            proto = protocol(rec["config"])
+            base = {
+                "pretraining": rec["pretraining"], "task": rec["task"], "config_hash": config_hash(proto),
+                "protocol": json.dumps(proto, sort_keys=True, default=str), "arch": rec["checkpoint"]["arch"],
+                "checkpoint": rec["checkpoint"]["source"], "checkpoint_sha256": rec["checkpoint"].get("sha256"),
+                "checkpoint_epoch": rec["checkpoint"].get("epoch"),
+                "recipe": json.dumps(rec["checkpoint"].get("recipe"), sort_keys=True),
+                "path": str(path),
+            }
+            runs = (rec["config"].get("derived") or {}).get("runs") or [rec["metrics"]]
+            for i, metrics in enumerate(runs):
+                for name, value in metrics.items():
+                    if not name.endswith("_std") and isinstance(value, (int, float)):
+                        rows.append({**base, "metric": name, "value": float(value), "seed": rec["seed"] + i})
+        except (KeyError, TypeError) as e:
+            raise ResultsError(f"results file {path} lacks a field of schema 1: {e}") from e
+    cols = ["pretraining", "task", "metric", "value", "seed", "config_hash", "protocol", "arch", "checkpoint",
+            "checkpoint_sha256", "checkpoint_epoch", "recipe", "path"]
+    df = pd.DataFrame(rows, columns=cols)
+    # Numbers of one task under different protocols never share a column: tag the task with its hash.
+    n_protocols = df.groupby("task")["config_hash"].transform("nunique")
+    df["task"] = df["task"].where(n_protocols == 1, df["task"] + "@" + df["config_hash"])
+    return df
+
+
+def _row_order(names) -> list[str]:
+    names = list(dict.fromkeys(names))
+    return [n for n in ROW_ORDER if n in names] + sorted(n for n in names if n not in ROW_ORDER)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (NaN for one seed) and count per (pretraining, task, metric)."""
+    g = df.groupby(["pretraining", "task", "metric"], sort=False)["value"]
+    return g.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def pivot(df: pd.DataFrame, stat: str = "mean") -> pd.DataFrame:
+    """Rows: pretraining; columns: (task, metric); values: the statistic (NaN where missing)."""
+    s = summary(df)
+    table = s.pivot_table(index="pretraining", columns=["task", "metric"], values=stat, aggfunc="first",
+                           sort=False, dropna=False)
+    order = [t for fam in FAMILIES.values() for t in fam]
+    present = set(table.columns.get_level_values(0))
+    tasks = sorted(present, key=lambda t: (order.index(t.split("@")[0]) if t.split("@")[0] in order else len(order), t))
+    pairs = set(zip(s["task"], s["metric"], strict=True))
+    cols = [c for t in tasks for c in table.columns if c[0] == t and c in pairs]
+    return table.reindex(index=_row_order(table.index), columns=pd.MultiIndex.from_tuples(cols, names=["task", "metric"]))
+
+
+def formatted_pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """``mean ± std (n)`` strings where a cell has several seeds, ``mean`` for one, ``—`` when missing."""
+    mean = pivot(df, "mean")
+    std, n = (pivot(df, stat).reindex(index=mean.index, columns=mean.columns) for stat in ("std", "n"))
+
+    def cell(m, s, k):
+        if m is None or (isinstance(m, float) and math.isnan(m)):
+            return MISSING
+        return f"{m:.1f} ± {s:.1f} (n={int(k)})" if k and k > 1 else f"{m:.1f}"
+
+    return pd.DataFrame(
+        [[cell(mean.iat[i, j], std.iat[i, j], n.iat[i, j]) for j in range(mean.shape[1])] for i in range(mean.shape[0])],
+        index=mean.index, columns=mean.columns,
+    )
+
+
+def delta(df: pd.DataFrame, baseline: str = "supervised") -> pd.DataFrame | None:
+    """Signed difference of each row's mean from the ``baseline`` row (as the MoCo papers' tables);
+    None when there is no baseline row."""
+    mean = pivot(df, "mean")
+    if baseline not in mean.index:
+        return None
+    mean = mean[[c for c in mean.columns if c[1] not in NOT_SCORES]]
+    return mean.drop(index=baseline) - mean.loc[baseline]
+
+
+def _flat(table: pd.DataFrame) -> pd.DataFrame:
+    out = table.copy()
+    out.columns = [f"{t} {m}" for t, m in table.columns]
+    return out
+
+
+def _per_task_markdown(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for task in dict.fromkeys(table.columns.get_level_values(0)):
+        sub = table[task]
+        lines += [f"**{task}**", "", sub.to_markdown(disable_numparse=True), ""]
+    return lines
+
+
+def _signed(v: float) -> str:
+    return MISSING if pd.isna(v) else f"{v:+.1f}"
+
+
+def protocols_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct (task, protocol): the settings that define the numbers, and who used them."""
+    g = df.groupby(["task", "config_hash", "protocol"], sort=True)["pretraining"]  # task may carry @hash
+    rows = [{"task": t, "config": h, "pretrainings": ", ".join(_row_order(p.unique())),
+             "protocol": ", ".join(f"{k}={v}" for k, v in json.loads(proto).items() if v not in ("", [], None))}
+            for (t, h, proto), p in g]
+    return pd.DataFrame(rows)
+
+
+def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per pretraining: checkpoint, epoch and the recipe read from it (when it has one)."""
+    rows = []
+    for name in _row_order(df["pretraining"]):
+        sub = df[df["pretraining"] == name].iloc[0]
+        recipe = json.loads(sub["recipe"]) or {}
+        if recipe.get("data"):
+            recipe["data"] = "/".join(Path(recipe["data"]).parts[-2:])
+        rows.append({"pretraining": name, "arch": sub["arch"], "checkpoint": sub["checkpoint"],
+                     "epoch": sub["checkpoint_epoch"],
+                     "recipe": ", ".join(f"{k}={v}" for k, v in recipe.items() if v is not None and k != "arch")})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------- figures
+def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
+    """One grouped bar chart per task family: headline metric per task, one bar per pretraining (± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summary(df)
+    paths = []
+    for family, tasks in FAMILIES.items():
+        cols = sorted({(t, HEADLINE[t.split("@")[0]]) for t in s["task"].unique() if t.split("@")[0] in tasks}
+                      & set(zip(s["task"], s["metric"], strict=True)), key=lambda c: (tasks.index(c[0].split("@")[0]), c[0]))
+        if not cols:
+            continue
+        names = _row_order(s["pretraining"])
+        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(cols), 3.4))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            vals, errs = [], []
+            for t, m in cols:
+                hit = s[(s["pretraining"] == name) & (s["task"] == t) & (s["metric"] == m)]
+                vals.append(hit["mean"].iloc[0] if len(hit) else float("nan"))
+                errs.append(hit["std"].iloc[0] if len(hit) and not pd.isna(hit["std"].iloc[0]) else 0.0)
+            xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cols))]
+            ax.bar(xs, vals, width, yerr=errs, label=name, capsize=2)
+        ax.set_xticks(range(len(cols)), [f"{t}\n{m}" for t, m in cols], fontsize=8)
+        ax.set_ylabel("score (%)")
+        ax.set_title(f"{family} transfer")
+        ax.legend(fontsize=7, ncols=2)
+        fig.tight_layout()
+        path = atomic_write(out / f"fig_{family}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
+    """Loss and kNN monitor against epoch for every pretraining whose checkpoint folder has metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for name in _row_order(df["pretraining"]):
+        ckpt = Path(df[df["pretraining"] == name]["checkpoint"].iloc[0])
+        metrics = ckpt.parent / "metrics.jsonl"
+        if ckpt.name != "random" and metrics.is_file():
+            curves[name] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
+    if not curves:
+        return None
+    fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for name, recs in curves.items():
+        ax_loss.plot([r["epoch"] + 1 for r in recs], [r["loss"] for r in recs], label=name)
+        knn = [r for r in recs if "knn_top1" in r]
+        if knn:
+            ax_knn.plot([r["epoch"] + 1 for r in knn], [r["knn_top1"] for r in knn], marker="o", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="pretraining loss")
+    ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
+    for ax in (ax_loss, ax_knn):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = atomic_write(out / "fig_pretraining_curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- writing
+@dataclass(frozen=True)
+class Report:
+    out: Path
+    tidy: pd.DataFrame
+    pivot: pd.DataFrame
+    delta: pd.DataFrame | None
+    files: tuple[Path, ...]
+
+
+def _html_delta(table: pd.DataFrame) -> str:
+    def colour(v):
+        if pd.isna(v) or v == 0:
+            return ""
+        return "color: #1a7f37" if v > 0 else "color: #cf222e"
+
+    return table.style.format(_signed).map(colour).to_html()
+
+
+def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supervised", title: str = "") -> Report:
+    """Collect, tabulate and plot; every file is written atomically into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = collect(roots)
+    table, dtable = formatted_pivot(df), delta(df, baseline)
+    protos, recipes = protocols_table(df), recipes_table(df)
+    figures = bar_figures(df, out)
+    curve = pretraining_curves(df, out)
+    figures += [curve] if curve else []
+
+    title = title or f"mocobench report: {out.name}"
+    md = [f"# {title}", "", f"{len(find_results(roots))} results files; {df['pretraining'].nunique()} pretrainings, "
+          f"{df['task'].nunique()} tasks. Cells: mean over seeds (± std, n seeds when more than one); "
+          f"{MISSING} = not run. One table per task (columns: its metrics; rows: pretrainings).", "",
+          "## Results", ""]
+    md += _per_task_markdown(table)
+    if dtable is not None:
+        md += [f"## Difference from {baseline}", "", "Signed difference of the means (points); positive is better "
+               f"than {baseline}.", ""]
+        md += _per_task_markdown(dtable.map(_signed))
+    else:
+        md += [f"(No `{baseline}` row: no difference table.)", ""]
+    md += ["## Protocols", "", "The settings behind each number (config hash = `config` column of report.csv).", "",
+           protos.to_markdown(index=False, disable_numparse=True), "", "## Pretrainings", "", recipes.to_markdown(index=False, disable_numparse=True), ""]
+    md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+
+    html = [f"<html><head><meta charset='utf-8'><title>{title}</title></head><body>", f"<h1>{title}</h1>",
+            "<h2>Results</h2>", table.to_html(), ]
+    if dtable is not None:
+        html += [f"<h2>Difference from {baseline}</h2>", _html_delta(dtable)]
+    html += ["<h2>Protocols</h2>", protos.to_html(index=False), "<h2>Pretrainings</h2>",
+             recipes.to_html(index=False), "<h2>Figures</h2>"]
+    html += [f"<img src='{p.name}' alt='{p.stem}'>" for p in figures] + ["</body></html>"]
+
+    files = [out / "report.md", out / "report.html", out / "report.csv", out / "pivot.csv"]
+    atomic_write_text(files[0], "\n".join(md))
+    atomic_write_text(files[1], "\n".join(html) + "\n")
+    atomic_write_text(files[2], df.to_csv(index=False))
+    atomic_write_text(files[3], _flat(pivot(df)).to_csv())
+    if dtable is not None:
+        files.append(out / "delta.csv")
+        atomic_write_text(files[-1], _flat(dtable).to_csv())
+    logger.info("report: %d rows from %s -> %s", len(df), ", ".join(map(str, roots)), out / "report.md")
+    return Report(out, df, table, dtable, tuple(files + figures))

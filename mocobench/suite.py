@@ -1,0 +1,139 @@
+"""``mocobench suite``: a list of transfer tasks on one or more checkpoints, then the report.
+
+Layout: ``<out>/<label>/<task>/results.json`` (the label names the pretraining in the report). A
+pair that already has its results file is skipped, so an interrupted suite resumes where it stopped
+(the linear protocol and detection also resume inside an interrupted task). A failing pair does not
+stop the others; the suite reports the failures at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mocobench.results import RESULTS_FILE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite: its data folder (relative to ``--data-root`` unless absolute) and ``--set`` pairs."""
+
+    task: str
+    data: str
+    overrides: tuple[str, ...] = ()
+
+
+_SMALL_DET = ("preset=cpu-smoke", "head=FPN")  # ResNet-18/34 have no C4 res5 head of the MoCo config
+#: Named task lists. ``cpu-small``: ResNet-18 at 64 px on ``../shared/data`` (the committed
+#: imagenette-cpu report); ``demo``: the same on the embedded synthetic data; ``paper``: the published
+#: protocols (``../shared/docs/protocols.md``) on the standard data sets (GPUs).
+PRESETS: dict[str, tuple[TaskSpec, ...]] = {
+    "cpu-small": (
+        TaskSpec("knn", "imagenette-96", ("image_size=64",)),
+        TaskSpec("linear", "imagenette-96", ("image_size=64", "mode=cached")),
+        TaskSpec("finegrained", "flowers102-sub", ("image_size=64",)),
+        TaskSpec("coco_det", "coco-mini", _SMALL_DET),
+        TaskSpec("voc_det", "voc-from-coco", _SMALL_DET),
+    ),
+    "demo": (
+        TaskSpec("knn", "classification", ("image_size=64",)),
+        TaskSpec("linear", "classification", ("image_size=64", "mode=cached", "epochs=30")),
+        TaskSpec("finegrained", "classification", ("image_size=64", "grid_size=12")),
+        TaskSpec("coco_det", "coco", (*_SMALL_DET, "SOLVER.MAX_ITER=150", "SOLVER.STEPS=(100,130)")),
+        TaskSpec("voc_det", "voc", (*_SMALL_DET, "SOLVER.MAX_ITER=150", "SOLVER.STEPS=(100,130)")),
+    ),
+    "paper": (
+        TaskSpec("linear", "imagenet"),
+        TaskSpec("knn", "imagenet"),
+        TaskSpec("finegrained", "flowers102"),
+        TaskSpec("voc_det", "VOCdevkit"),
+        TaskSpec("coco_det", "coco"),
+        TaskSpec("coco_instseg", "coco"),
+    ),
+}
+
+
+class SuiteError(RuntimeError):
+    """Some task/checkpoint pairs failed; the message lists them and their errors."""
+
+
+def parse_checkpoint(arg: str) -> tuple[str, str]:
+    """``[LABEL=]SOURCE`` -> (label, source). The default label is ``random`` or the checkpoint's folder name."""
+    label, sep, source = arg.partition("=")
+    if not sep:
+        source = arg
+        label = "random" if arg == "random" else Path(arg).parent.name or Path(arg).stem
+    if source != "random" and not Path(source).is_file():
+        raise SuiteError(f"checkpoint {source} does not exist (give a file, or 'random' with --arch)")
+    return label, source
+
+
+def select_tasks(preset: str, tasks: tuple[str, ...] = ()) -> tuple[TaskSpec, ...]:
+    if preset not in PRESETS:
+        raise SuiteError(f"unknown suite preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    specs = PRESETS[preset]
+    unknown = set(tasks) - {s.task for s in specs}
+    if unknown:
+        raise SuiteError(f"tasks {sorted(unknown)} are not in preset {preset!r} ({', '.join(s.task for s in specs)})")
+    return tuple(s for s in specs if not tasks or s.task in tasks)
+
+
+def split_overrides(pairs: tuple[str, ...], specs: tuple[TaskSpec, ...]) -> dict[str, tuple[str, ...]]:
+    """``TASK.KEY=VALUE`` -> {task: ("KEY=VALUE", ...)}; a pair must start with a task of the suite."""
+    names = {s.task for s in specs}
+    out: dict[str, list[str]] = {n: [] for n in names}
+    for pair in pairs:
+        task, dot, rest = pair.partition(".")
+        if not dot or task not in names:
+            raise SuiteError(f"--set {pair!r}: expected TASK.KEY=VALUE with TASK one of {', '.join(sorted(names))}")
+        out[task].append(rest)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def run_suite(
+    checkpoints: list[str],
+    out: str | Path,
+    preset: str = "cpu-small",
+    tasks: tuple[str, ...] = (),
+    data_root: str | Path = ".",
+    arch: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> list[Path]:
+    """Run every (checkpoint, task) pair that has no results yet; returns all results files of the suite."""
+    from mocobench.transfer.run import run_transfer
+
+    specs = select_tasks(preset, tasks)
+    extra = split_overrides(overrides, PRESETS[preset])  # keys of unselected tasks of the preset are fine
+    pairs = [parse_checkpoint(c) for c in checkpoints]
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise SuiteError(f"two checkpoints have the same label ({labels}); name them LABEL=PATH")
+    out = Path(out)
+    done, failed = [], []
+    total = len(pairs) * len(specs)
+    for i, ((label, source), spec) in enumerate(((p, s) for p in pairs for s in specs), start=1):
+        task_out = out / label / spec.task
+        results = task_out / RESULTS_FILE
+        if results.exists():
+            logger.info("[%d/%d] %s on %s: done already (%s), skipping", i, total, spec.task, label, results)
+            done.append(results)
+            continue
+        data = Path(spec.data) if Path(spec.data).is_absolute() else Path(data_root) / spec.data
+        sets = (f"data={data}", *spec.overrides, *extra[spec.task])
+        if spec.task.endswith(("_det", "_instseg")):
+            sets += ("resume=true",)  # continue an interrupted detectron2 run (fresh when there is none)
+        logger.info("[%d/%d] %s on %s (%s)", i, total, spec.task, label, source)
+        try:
+            path = run_transfer(spec.task, source, task_out, sets, arch, label)
+        except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
+            logger.error("%s on %s failed: %s", spec.task, label, e)
+            failed.append(f"{spec.task} on {label}: {type(e).__name__}: {e}")
+            continue
+        if path is not None:
+            done.append(path)
+    if failed:
+        raise SuiteError(f"{len(failed)} of {total} pairs failed (the others are in {out}):\n  " + "\n  ".join(failed))
+    return done

@@ -1,0 +1,168 @@
+"""Supervised pretraining, ``mocobench suite`` (skip and resume) and ``mocobench report``."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from helpers import TINY, run_cli
+
+from mocobench.checkpoint import load_backbone, read_checkpoint
+from mocobench.pretrain.engine import train_step
+from mocobench.pretrain.supervised import Supervised
+from mocobench.report import MISSING, collect, delta, formatted_pivot, write_report
+from mocobench.results import ResultsError
+from mocobench.synth import SynthSpec, write_synthetic_classification
+from mocobench.synth_det import SynthDetSpec, write_synthetic_detection
+
+
+def test_supervised_step_matches_a_hand_written_cross_entropy_step():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=5)
+    ref = torchvision.models.resnet18(num_classes=5)
+    ref.load_state_dict(net.state_dict())
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
+    method = Supervised(net)
+    opt = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, acc = train_step(method, method, method.inputs((x, y)), opt, scaler, torch.Generator())
+    logits = ref(x)
+    ref_loss = F.cross_entropy(logits, y)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ref_loss.backward()
+    ref_opt.step()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert acc == pytest.approx(100.0 * (logits.argmax(1) == y).float().mean().item())
+    for (n, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_supervised_pretraining_feeds_the_same_reader(synth, tmp_path):
+    out = tmp_path / "sup"
+    run_cli(["pretrain", "--data", synth / "train", "--out", out, "--method", "supervised", "--epochs", "1", *TINY])
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["method"] == "supervised" and ckpt["backbone_prefix"] == "encoder."
+    assert ckpt["config"]["lr"] == 0.1 and ckpt["config"]["lr_milestones"] == [30, 60]  # torchvision recipe
+    assert ckpt["state_dict"]["module.encoder.fc.weight"].shape == (4, 512)  # one logit per class folder
+    net, info = load_backbone(out / "checkpoint_last.pth")
+    assert info.method == "supervised" and info.recipe["method"] == "supervised" and info.recipe["epochs"] == 1
+    assert torch.equal(net.conv1.weight, ckpt["state_dict"]["module.encoder.conv1.weight"])
+    flat = tmp_path / "flat"  # a plain folder of images: no labels
+    flat.mkdir()
+    for i, img in enumerate(sorted((synth / "train").rglob("*.png"))[:20]):
+        (flat / f"{i}.png").write_bytes(img.read_bytes())
+    r = run_cli(["pretrain", "--data", flat, "--out", tmp_path / "x", "--method", "supervised", *TINY], expect_ok=False)
+    assert "not an ImageFolder tree" in r.output  # labels are required
+
+
+# ------------------------------------------------------------------------------------------ report
+def _results(root, pretraining, task, metrics, seed=0, config=None, runs=None, version=1):
+    d = root / pretraining / task
+    d.mkdir(parents=True)
+    rec = {"schema_version": version, "task": task, "pretraining": pretraining, "metrics": metrics, "seed": seed,
+           "checkpoint": {"source": "random", "format": "random", "arch": "resnet18", "epoch": 0, "sha256": None},
+           "config": {"data": "/x/imagenette", "k": 200, **(config or {}), "derived": {"runs": runs} if runs else {}}}
+    (d / "results.json").write_text(json.dumps(rec))
+
+
+def test_report_means_stds_deltas_and_missing_cells(tmp_path):
+    runs = [{"bbox_AP": 50.0, "bbox_AP50": 70.0}, {"bbox_AP": 52.0, "bbox_AP50": 74.0}]
+    _results(tmp_path, "supervised", "voc_det", {"bbox_AP": 51.0, "bbox_AP50": 72.0}, runs=runs)
+    _results(tmp_path, "supervised", "knn", {"top1": 60.0, "top5": 90.0})
+    _results(tmp_path, "moco_v2", "voc_det", {"bbox_AP": 53.5, "bbox_AP50": 73.0, "bbox_AP_std": 9.0})
+    df = collect([tmp_path])
+    assert len(df) == 2 * 2 + 2 + 2 and set(df["seed"]) == {0, 1}  # one row per seed; *_std dropped
+    table = formatted_pivot(df)
+    assert table.loc["supervised", ("voc_det", "bbox_AP")] == f"51.0 ± {math.sqrt(2):.1f} (n=2)"
+    assert table.loc["moco_v2", ("knn", "top1")] == MISSING  # never 0
+    d = delta(df)
+    assert d.loc["moco_v2", ("voc_det", "bbox_AP")] == pytest.approx(2.5)
+    assert d.loc["moco_v2", ("voc_det", "bbox_AP50")] == pytest.approx(1.0)
+    assert pd.isna(d.loc["moco_v2", ("knn", "top1")])
+    rep = write_report([tmp_path], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "+2.5" in md and "k=200" in md and "data=imagenette" in md
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "color: #1a7f37" in html  # positive deltas in green
+    assert (tmp_path / "rep" / "fig_detection.png").stat().st_size > 1000 and len(rep.files) >= 6
+    assert pd.read_csv(tmp_path / "rep" / "report.csv").shape[0] == len(df)
+
+
+def test_report_keeps_different_protocols_apart_and_refuses_unknown_versions(tmp_path):
+    _results(tmp_path / "a", "moco_v2", "knn", {"top1": 40.0}, config={"k": 20})
+    _results(tmp_path / "b", "moco_v2", "knn", {"top1": 45.0}, config={"k": 200})
+    tasks = set(collect([tmp_path])["task"])
+    assert len(tasks) == 2 and all(t.startswith("knn@") for t in tasks)
+    _results(tmp_path / "c", "moco_v1", "knn", {"top1": 1.0}, version=99)
+    with pytest.raises(ResultsError, match=r"c/moco_v1/knn/results.json has schema_version 99"):
+        collect([tmp_path])
+    with pytest.raises(ResultsError, match="no results.json below"):
+        (tmp_path / "empty").mkdir()
+        collect([tmp_path / "empty"])
+
+
+# ------------------------------------------------------------------------------------------ suite
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    write_synthetic_classification(root / "classification", SynthSpec(4, 16, 8, 32, 0, test_per_class=8))
+    write_synthetic_detection(root, SynthDetSpec(train=6, val=4, size=96))
+    return root
+
+
+SUITE_FAST = ["--set", "knn.workers=0", "--set", "linear.workers=0", "--set", "voc_det.SOLVER.MAX_ITER=2",
+              "--set", "voc_det.TEST.PRECISE_BN.NUM_ITER=1", "--set", "voc_det.DATALOADER.NUM_WORKERS=0",
+              "--set", "linear.epochs=2", "--set", "knn.k=5"]
+
+
+@pytest.mark.slow
+def test_suite_runs_skips_done_pairs_and_reports(demo_data, synth, tmp_path):
+    run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "sup", "--method", "supervised",
+             "--epochs", "1", *TINY])
+    out = tmp_path / "suite"
+    args = ["suite", f"sup={tmp_path / 'sup' / 'checkpoint_last.pth'}", "random", "--arch", "resnet18",
+            "--preset", "demo", "--tasks", "knn,linear,voc_det", "--data-root", demo_data, "--out", out,
+            "--baseline", "sup", *SUITE_FAST]
+    run_cli(args)
+    for label in ("sup", "random"):
+        for task in ("knn", "linear", "voc_det"):
+            assert (out / label / task / "results.json").exists(), (label, task)
+    stamp = (out / "random" / "knn" / "results.json").stat().st_mtime_ns
+    run_cli(args)  # everything done: skipped, report rebuilt
+    assert (out / "random" / "knn" / "results.json").stat().st_mtime_ns == stamp
+    md = (out / "report" / "report.md").read_text()
+    assert "Difference from sup" in md and "**voc_det**" in md and "bbox_AP50" in md
+    r = run_cli(["suite", "random", "--arch", "resnet18", "--preset", "demo", "--out", out, "--tasks", "knn,nope"],
+                expect_ok=False)
+    assert "tasks ['nope'] are not in preset 'demo'" in r.output
+    r = run_cli(["suite", "random", "--preset", "demo", "--out", out, "--set", "k=5"], expect_ok=False)
+    assert "expected TASK.KEY=VALUE" in r.output
+
+
+@pytest.mark.slow
+def test_killed_suite_resumes_without_redoing_finished_tasks(demo_data, tmp_path):
+    """kill -9 the suite (a real subprocess) during its second task; the re-run skips the first."""
+    out = tmp_path / "suite"
+    cmd = [sys.executable, "-m", "mocobench.cli", "suite", "random", "--arch", "resnet18", "--preset", "demo",
+           "--tasks", "knn,voc_det", "--data-root", str(demo_data), "--out", str(out), *SUITE_FAST,
+           "--set", "voc_det.SOLVER.MAX_ITER=400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    knn = out / "random" / "knn" / "results.json"
+    for line in proc.stdout:  # wait until detectron2 trains (the knn task has finished by then)
+        if "Starting training" in line:
+            break
+    proc.kill()
+    proc.wait()
+    assert knn.exists() and not (out / "random" / "voc_det" / "results.json").exists()
+    stamp = knn.stat().st_mtime_ns
+    done = subprocess.run([*cmd[:-2], "--set", "voc_det.SOLVER.MAX_ITER=2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "knn on random: done already" in done.stdout + done.stderr
+    assert knn.stat().st_mtime_ns == stamp and (out / "random" / "voc_det" / "results.json").exists()
