@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_voc_det_with_two_cpu_processes_and_repeats(shared_data, tmp_path):
     assert res["config"]["num_procs"] == 2 and res["config"]["norm"] == "naiveSyncBN"
 
 
-def _gt_as_predictions(dataset_name: str, with_masks: bool):
+def _gt_as_predictions(dataset_name: str, with_masks: bool, out=None):
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
     from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
@@ -58,6 +59,7 @@ def _gt_as_predictions(dataset_name: str, with_masks: bool):
 
     cfg = get_cfg()
     cfg.MODEL.MASK_ON = with_masks
+    cfg.OUTPUT_DIR = str(out) if out else tempfile.mkdtemp()  # never ./output
     evaluator = build_evaluator(cfg, dataset_name)
     evaluator.reset()
     for d in DatasetCatalog.get(dataset_name):
