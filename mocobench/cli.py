@@ -218,5 +218,26 @@ def data_synth(out: str, what: str, classes: int, train_per_class: int, val_per_
         raise click.ClickException(str(e)) from e
 
 
+@data.command("fetch")
+@click.argument("name")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Folder to download and extract into.")
+@click.option("--mirror", default=None, help="Base URL that serves the same files (URL/<file name>).")
+@click.option("--delete-archives", is_flag=True, help="Delete each archive once extracted.")
+def data_fetch(name: str, root: str, mirror: str | None, delete_archives: bool) -> None:
+    """Download public data set NAME (imagenette, imagenette-320, voc2007, voc2012, coco2017, flowers102).
+
+    Resumes partial downloads (run the same command again), verifies the published MD5 of every file,
+    and extracts the archives into the layouts the tasks read.
+    """
+    from mocobench.fetch import FetchError, fetch
+    from mocobench.log import setup_logging
+
+    setup_logging()
+    try:
+        fetch(name, root, mirror, keep_archives=not delete_archives)
+    except FetchError as e:
+        raise click.ClickException(str(e)) from e
+
+
 if __name__ == "__main__":  # torchrun -m mocobench.cli ...
     sys.exit(main())

@@ -1,0 +1,153 @@
+"""``mocobench data fetch NAME --root DIR``: download the public data sets, resumably, with checksums.
+
+Each file is downloaded to ``<root>/<subdir>/<file>.part`` (continued with an HTTP ``Range`` request
+after an interruption), checked against its published MD5 (the values torchvision and the COCO
+site publish), renamed into place, then extracted. A finished file is not downloaded again; an
+extracted archive leaves a ``.<file>.extracted`` marker. The layouts produced are the ones the tasks
+read: ``imagenette2/{train,val}``, ``VOCdevkit/VOC2007`` (+ ``VOC2012``), ``coco/{train2017, val2017,
+annotations}``, ``flowers-102/`` (``--set dataset=flowers102`` of the finegrained task).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class FetchError(RuntimeError):
+    """A download that cannot complete or verify; the message names the URL or file."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One file: where it comes from, its MD5, the folder under ``--root`` it goes to, and whether to extract it."""
+
+    url: str
+    md5: str
+    subdir: str = ""
+    extract: bool = True
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+_VOC = "https://thor.robots.ox.ac.uk/pascal/VOC"
+_COCO = "http://images.cocodataset.org"
+_FLOWERS = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102"
+#: The catalogue (URLs and MD5s as in torchvision.datasets and on cocodataset.org).
+DATASETS: dict[str, tuple[Resource, ...]] = {
+    "imagenette": (Resource("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz", "fe2fc210e6bb7c5664d602c3cd71e612"),),
+    "imagenette-320": (
+        Resource("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),),
+    "voc2007": (Resource(f"{_VOC}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
+                Resource(f"{_VOC}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f")),
+    "voc2012": (Resource(f"{_VOC}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd"),),
+    "coco2017": (Resource(f"{_COCO}/annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c", "coco"),
+                 Resource(f"{_COCO}/zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80", "coco"),
+                 Resource(f"{_COCO}/zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2", "coco")),
+    "flowers102": (Resource(f"{_FLOWERS}/102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", "flowers-102"),
+                   Resource(f"{_FLOWERS}/imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", "flowers-102", False),
+                   Resource(f"{_FLOWERS}/setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", "flowers-102", False)),
+}
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str, chunk: int = 1 << 16, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file; verify the MD5.
+
+    A complete ``dest`` whose MD5 matches is kept as it is. A mismatch deletes the download and raises.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        if md5sum(dest) == md5:
+            logger.info("%s is already complete", dest)
+            return dest
+        raise FetchError(f"{dest} exists but its MD5 is not {md5}; delete it to download it again")
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    try:
+        with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+            if r.status_code == 416:  # the partial file already holds every byte
+                pass
+            elif r.status_code not in (200, 206):
+                raise FetchError(f"GET {url} answered HTTP {r.status_code}")
+            else:
+                if start and r.status_code == 200:
+                    logger.warning("%s does not support resuming; downloading %s from the start", url, dest.name)
+                    start = 0
+                total = int(r.headers.get("Content-Length", 0)) + start or None
+                mode = "ab" if start else "wb"
+                with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
+                                                 desc=dest.name, mininterval=1.0) as bar:
+                    for block in r.iter_content(chunk):
+                        f.write(block)
+                        bar.update(len(block))
+    except requests.RequestException as e:
+        raise FetchError(f"download of {url} failed ({e}); run the same command again to resume from "
+                         f"{part.stat().st_size if part.exists() else 0} bytes") from e
+    got = md5sum(part)
+    if got != md5:
+        part.unlink()
+        raise FetchError(f"{dest.name} from {url}: MD5 {got} is not the published {md5}; the download was deleted")
+    os.replace(part, dest)
+    return dest
+
+
+def extract(archive: Path, into: Path) -> None:
+    """Extract a .tar/.tgz/.zip once (marker ``.<name>.extracted``); tar members outside ``into`` are refused."""
+    marker = into / f".{archive.name}.extracted"
+    if marker.exists():
+        return
+    logger.info("extracting %s into %s", archive, into)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(into)
+    else:
+        with tarfile.open(archive) as t:
+            t.extractall(into, filter="data")
+    marker.touch()
+
+
+def fetch(name: str, root: str | Path, mirror: str | None = None, keep_archives: bool = True) -> Path:
+    """Download and extract data set ``name`` under ``root``; ``mirror`` replaces each URL's folder
+    (``<mirror>/<file name>``). Returns ``root``."""
+    if name not in DATASETS:
+        raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    return fetch_resources(DATASETS[name], root, mirror, keep_archives)
+
+
+def fetch_resources(resources: tuple[Resource, ...], root: str | Path, mirror: str | None = None,
+                    keep_archives: bool = True) -> Path:
+    root = Path(root)
+    for res in resources:
+        url = f"{mirror.rstrip('/')}/{res.filename}" if mirror else res.url
+        folder = root / res.subdir
+        if res.extract and (folder / f".{res.filename}.extracted").exists():
+            logger.info("%s was downloaded and extracted already", res.filename)
+            continue
+        path = download(url, folder / res.filename, res.md5)
+        if res.extract:
+            extract(path, folder)
+            if not keep_archives:
+                path.unlink()
+    logger.info("done: %s", root)
+    return root
