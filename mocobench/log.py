@@ -12,6 +12,7 @@ def setup_logging(rank: int = 0, log_file: Path | None = None, level: int = logg
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        h.close()
     fmt = logging.Formatter(
         f"%(asctime)s [%(levelname)s] {'' if rank == 0 else f'[rank{rank}] '}%(name)s: %(message)s",
         datefmt="%H:%M:%S",

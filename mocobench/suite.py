@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from mocobench.log import setup_logging
 from mocobench.results import RESULTS_FILE
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def run_suite(
     if len(set(labels)) != len(labels):
         raise SuiteError(f"two checkpoints have the same label ({labels}); name them LABEL=PATH")
     out = Path(out)
+    setup_logging(0, out / "suite.log")
     done, failed = [], []
     total = len(pairs) * len(specs)
     for i, ((label, source), spec) in enumerate(((p, s) for p in pairs for s in specs), start=1):
@@ -127,11 +129,13 @@ def run_suite(
             sets += ("resume=true",)  # continue an interrupted detectron2 run (fresh when there is none)
         logger.info("[%d/%d] %s on %s (%s)", i, total, spec.task, label, source)
         try:
-            path = run_transfer(spec.task, source, task_out, sets, arch, label)
+            path = run_transfer(spec.task, source, task_out, sets, arch, label)  # logs into task_out/log.txt
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
+            setup_logging(0, out / "suite.log")
             logger.error("%s on %s failed: %s", spec.task, label, e)
             failed.append(f"{spec.task} on {label}: {type(e).__name__}: {e}")
             continue
+        setup_logging(0, out / "suite.log")
         if path is not None:
             done.append(path)
     if failed:
