@@ -30,8 +30,10 @@ from mocobench.datasets import (
     DataError,
     EpochBatchSampler,
     ImageDataset,
+    OnBadImage,
     SeededImageDataset,
     list_images,
+    on_bad_image_option,
     resolve_split,
 )
 from mocobench.evaluators.features import extract_features, resnet_features
@@ -61,6 +63,7 @@ class FinegrainedConfig:
     data: str = option("", "Folder with {train, valid|val, test}/<class>/*, or the root of a torchvision data set.")
     dataset: Literal["folder", "flowers102", "pets", "aircraft", "cars", "dtd", "food101", "cifar10", "cifar100"] = option(
         "folder", "Layout of --data (torchvision sets are read without downloading).")
+    on_bad_image: OnBadImage = on_bad_image_option()
     protocol: Literal["linear", "finetune"] = option("linear", "linear (logistic regression) or finetune (whole net).")
     metric: Literal["mean_per_class", "top1"] = option("mean_per_class", "Selection metric (Flowers, Pets, Aircraft: mean per class).")
     image_size: int = option(224, "Centre-crop size (resize to size*256/224 first).")
@@ -134,7 +137,8 @@ def load_splits(cfg: FinegrainedConfig, seed: int, transforms: dict[str, object]
     root = Path(cfg.data)
     if cfg.dataset == "folder":
         splits = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
-        lists = {k: list_images(resolve_split(root, names), labelled=True) for k, names in splits.items()}
+        lists = {k: list_images(resolve_split(root, names), labelled=True, on_bad_image=cfg.on_bad_image)
+                 for k, names in splits.items()}
         if not lists["train"].classes == lists["val"].classes == lists["test"].classes:
             raise DataError(f"the class folders of the train, val and test splits under {root} differ")
         return {k: ImageDataset(v, transforms[k]) for k, v in lists.items()}

@@ -17,7 +17,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mocobench import dist
-from mocobench.datasets import DataError, ImageDataset, eval_split, list_images, resolve_split
+from mocobench.datasets import (
+    DataError,
+    ImageDataset,
+    OnBadImage,
+    eval_split,
+    list_images,
+    on_bad_image_option,
+    resolve_split,
+)
 from mocobench.evaluators.features import extract_features
 from mocobench.evaluators.registry import TaskContext, register
 from mocobench.options import option
@@ -83,11 +91,11 @@ class KnnEvaluator:
 
     def __init__(
         self, bank_dir: str | Path, query_dir: str | Path, image_size: int, k: int, t: float,
-        batch_size: int = 256, workers: int = 4, chunk_size: int = 1024,
+        batch_size: int = 256, workers: int = 4, chunk_size: int = 1024, on_bad_image: str = "error",
     ) -> None:
         self.k, self.t, self.chunk_size = k, t, chunk_size
-        bank = list_images(bank_dir, labelled=True)
-        query = list_images(query_dir, labelled=True)
+        bank = list_images(bank_dir, labelled=True, on_bad_image=on_bad_image)
+        query = list_images(query_dir, labelled=True, on_bad_image=on_bad_image)
         if bank.classes != query.classes:
             raise DataError(f"kNN: the classes of {bank_dir} and {query_dir} differ")
         self.num_classes = len(bank.classes)
@@ -119,6 +127,7 @@ class KnnConfig:
     workers: int = option(4, "Data-loading workers.")
     chunk_size: int = option(1024, "Queries per similarity block (bounds memory).")
     device: str = option("auto", "auto, cpu or cuda.")
+    on_bad_image: OnBadImage = on_bad_image_option()
 
 
 @register("knn", KnnConfig, "weighted kNN on frozen pooled features (top-1/top-5)")
@@ -128,7 +137,7 @@ def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
     query_dir = eval_split(root, cfg.val_split)
     t0 = time.perf_counter()
     evaluator = KnnEvaluator(bank_dir, query_dir, cfg.image_size, cfg.k, cfg.t, cfg.batch_size, cfg.workers,
-                             cfg.chunk_size)
+                             cfg.chunk_size, cfg.on_bad_image)
     device = dist.select_device(cfg.device)
     metrics = evaluator.evaluate(ctx.backbone.to(device), device)
     logger.info("kNN (k=%d, t=%g) on %s: %s in %.1fs", cfg.k, cfg.t, query_dir, metrics, time.perf_counter() - t0)

@@ -37,9 +37,11 @@ from mocobench.checkpoint import atomic_save, read_checkpoint
 from mocobench.datasets import (
     EpochBatchSampler,
     ImageDataset,
+    OnBadImage,
     SeededImageDataset,
     eval_split,
     list_images,
+    on_bad_image_option,
     resolve_split,
 )
 from mocobench.evaluators.features import extract_features, resnet_features
@@ -61,6 +63,7 @@ class LinearConfig:
     data: str = option("", "Root with a train split and a val (or test) split of class folders.")
     train_split: str = option("train", "Training split under --data.")
     val_split: str = option("", "Evaluation split under --data (default: val, else test).")
+    on_bad_image: OnBadImage = on_bad_image_option()
     mode: Literal["faithful", "cached"] = option("faithful", "faithful (images every epoch) or cached (features once).")
     epochs: int = option(100, "Training epochs.")
     lr: float = option(30.0, "Learning rate per 256 images (used: lr * batch_size / 256).")
@@ -140,8 +143,8 @@ def _assert_frozen(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> N
 def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     """Train and score the linear classifier; None when ``stop_at`` stopped a faithful run early."""
     root = Path(cfg.data)
-    train = list_images(resolve_split(root, (cfg.train_split,)), labelled=True)
-    val = list_images(eval_split(root, cfg.val_split), labelled=True)
+    train = list_images(resolve_split(root, (cfg.train_split,)), labelled=True, on_bad_image=cfg.on_bad_image)
+    val = list_images(eval_split(root, cfg.val_split), labelled=True, on_bad_image=cfg.on_bad_image)
     if train.classes != val.classes:
         raise TaskError(f"the class folders of {train.root} and {val.root} differ")
     device = dist.select_device(cfg.device)

@@ -13,10 +13,15 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from mocobench.options import option
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +30,15 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 class DataError(ValueError):
     """A dataset path or file that cannot be used; the message names it."""
+
+
+OnBadImage = Literal["error", "skip"]
+
+
+def on_bad_image_option():
+    """The ``on_bad_image`` field shared by every config that reads image folders."""
+    return option("error", "Images that cannot be decoded: error (stop, naming the file) or skip (decode all "
+                  "once at the start, leave them out, log the count).")
 
 
 @dataclass(frozen=True)
@@ -40,21 +54,30 @@ class ImageList:
         return len(self.paths)
 
 
-def _images_below(folder: Path) -> list[Path]:
+def _images_below(folder: Path, ignored: list[Path]) -> list[Path]:
     found = []
     for dirpath, _, files in os.walk(folder, followlinks=True):
-        found += [Path(dirpath) / f for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+        for f in files:
+            (found if f.lower().endswith(IMG_EXTENSIONS) else ignored).append(Path(dirpath) / f)
     return sorted(found)
 
 
-def list_images(root: str | Path, labelled: bool | None = None) -> ImageList:
+def list_images(root: str | Path, labelled: bool | None = None, on_bad_image: str = "error") -> ImageList:
     """List an ImageFolder tree (``root/<class>/*.jpg``) or a plain folder of images.
 
     ``labelled=True`` requires the class layout; ``None`` accepts either (labels are then -1 for a
     plain folder). Raises :class:`DataError` naming the folder for a missing root, an empty class
-    folder or a folder without images.
+    folder or a folder without images. Files without an image extension are left out (count logged).
+    ``on_bad_image="skip"`` decodes every image once and leaves out those that fail (count logged);
+    ``"error"`` (default) checks nothing up front, and a bad file stops the run when it is read.
     """
-    root = Path(root)
+    if on_bad_image not in ("error", "skip"):
+        raise DataError(f"--on-bad-image must be error or skip, got {on_bad_image!r}")
+    images = _list_images(Path(root), labelled)
+    return drop_bad_images(images) if on_bad_image == "skip" else images
+
+
+def _list_images(root: Path, labelled: bool | None) -> ImageList:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
     subdirs = sorted(d for d in root.iterdir() if d.is_dir())
@@ -62,14 +85,17 @@ def list_images(root: str | Path, labelled: bool | None = None) -> ImageList:
     if subdirs and not top_images:
         paths: list[Path] = []
         labels: list[int] = []
+        ignored: list[Path] = []
         for c, d in enumerate(subdirs):
-            imgs = _images_below(d)
+            imgs = _images_below(d, ignored)
             if not imgs:
                 raise DataError(
                     f"class folder {d} holds no images (expected files ending in {', '.join(IMG_EXTENSIONS)})"
                 )
             paths += imgs
             labels += [c] * len(imgs)
+        if ignored:
+            logger.info("%s: left out %d files without an image extension (e.g. %s)", root, len(ignored), ignored[0])
         return ImageList(root, tuple(paths), tuple(labels), tuple(d.name for d in subdirs))
     if labelled:
         raise DataError(f"{root} is not an ImageFolder tree: expected one sub-folder of images per class")
@@ -93,12 +119,50 @@ def eval_split(root: Path, name: str = "") -> Path:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Decode an image as RGB; a file that cannot be decoded raises :class:`DataError` naming it."""
+    """Decode an image as 8-bit RGB (grayscale, palette, CMYK and 16-bit files included: 16-bit values
+    are scaled by 255/65535, not clipped); a file that cannot be decoded raises :class:`DataError`."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16"):
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255.0 / 65535.0) + 0.5).astype(np.uint8))
             return im.convert("RGB")
     except Exception as e:  # PIL raises several unrelated types for bad files
-        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+        raise DataError(
+            f"cannot decode image {path}: {type(e).__name__}: {e} (remove or replace the file, "
+            "or pass --on-bad-image skip to leave such files out)"
+        ) from e
+
+
+def find_bad_images(paths: tuple[Path, ...]) -> list[tuple[Path, str]]:
+    """Decode every image once (a full decode: truncated files fail too); returns (path, reason) pairs."""
+    bad = []
+    for p in tqdm(paths, desc="checking images", unit="img", mininterval=2.0, disable=len(paths) < 5000):
+        try:
+            if p.stat().st_size == 0:
+                raise DataError("empty file")
+            load_rgb(p)
+        except (DataError, OSError) as e:
+            bad.append((p, str(e).split(" (remove")[0]))
+    return bad
+
+
+def drop_bad_images(images: ImageList) -> ImageList:
+    """``--on-bad-image skip``: the list without the files that cannot be decoded (count and examples logged)."""
+    bad = find_bad_images(images.paths)
+    if not bad:
+        return images
+    bad_set = {p for p, _ in bad}
+    keep = [i for i, p in enumerate(images.paths) if p not in bad_set]
+    logger.warning("--on-bad-image skip: left out %d of %d images under %s that cannot be decoded; first: %s",
+                   len(bad), len(images), images.root, "; ".join(f"{p} ({why})" for p, why in bad[:3]))
+    if images.classes:
+        empty = sorted(set(range(len(images.classes))) - {images.labels[i] for i in keep})
+        if empty:
+            raise DataError(f"no decodable image left in class folders {[images.classes[c] for c in empty]} of {images.root}")
+    if not keep:
+        raise DataError(f"no decodable image left under {images.root}")
+    return ImageList(images.root, tuple(images.paths[i] for i in keep), tuple(images.labels[i] for i in keep),
+                     images.classes)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -369,7 +369,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         check_resumable(payload, cfg, resume_path)
 
     supervised = cfg.method == "supervised"
-    images = list_images(cfg.data, labelled=supervised or None)
+    images = list_images(cfg.data, labelled=supervised or None, on_bad_image=cfg.on_bad_image)
     local_batch = cfg.per_process_batch(world)
     sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
     transform = linear_train_transform(cfg.image_size) if supervised else TwoCrops(moco_transform(cfg.aug, cfg.image_size))
@@ -430,7 +430,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     monitor = None
     if cfg.knn_train and dist.is_main():
-        monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers)
+        monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers,
+                               on_bad_image=cfg.on_bad_image)
 
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:

@@ -87,10 +87,34 @@ def register_coco(name: str, json_file: Path, image_root: Path) -> int:
     missing = [im["file_name"] for im in data.get("images", []) if not (image_root / im["file_name"]).exists()]
     if missing:
         raise DataError(f"{len(missing)} images listed in {json_file} are absent from {image_root}: {missing[:5]}")
+    check_coco_annotations(json_file, data)
     _unregister(name)
     DatasetCatalog.register(name, lambda: load_coco_json(str(json_file), str(image_root), name))
     MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root), evaluator_type="coco")
     return len(cats)
+
+
+def check_coco_annotations(json_file: Path, data: dict) -> None:
+    """Unknown category or image ids are errors (naming the annotation); boxes of zero area or reaching
+    outside their image are counted in the log: detectron2 clips boxes to the image and drops the empty
+    ones when it builds each training batch."""
+    cats = {c["id"] for c in data["categories"]}
+    images = {im["id"]: im for im in data.get("images", [])}
+    degenerate = outside = 0
+    for ann in data.get("annotations", []):
+        if ann.get("category_id") not in cats:
+            raise DataError(f"{json_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')!r}, "
+                            f"which is not among the categories {sorted(cats)}")
+        im = images.get(ann.get("image_id"))
+        if im is None:
+            raise DataError(f"{json_file}: annotation {ann.get('id')} refers to image_id {ann.get('image_id')!r}, "
+                            "which is not in the images list")
+        x, y, w, h = ann["bbox"]
+        degenerate += w <= 0 or h <= 0
+        outside += x < 0 or y < 0 or x + w > im["width"] or y + h > im["height"]
+    if degenerate or outside:
+        logger.warning("%s: %d boxes of zero area and %d boxes reaching outside their image; detectron2 clips "
+                       "boxes to the image and drops empty ones", json_file, degenerate, outside)
 
 
 def _unregister(name: str) -> None:

@@ -1,0 +1,100 @@
+"""Bad image files and bad COCO annotations: a clear error naming the file, or a counted skip."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from helpers import TINY, run_cli
+from PIL import Image
+
+from mocobench.datasets import DataError, list_images, load_rgb
+
+
+@pytest.fixture
+def messy(synth, tmp_path):
+    """Class ``a``: 4 good PNGs, a truncated JPEG, a zero-byte JPEG, grayscale / CMYK / 16-bit images and
+    a README; class ``b``: 7 good PNGs (16 images with an image extension in all)."""
+    root = tmp_path / "messy"
+    good = sorted((synth / "train").rglob("*.png"))
+    for cls, n in (("a", 4), ("b", 7)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            shutil.copy(good[i], root / cls / f"good{i}.png")
+    Image.open(good[0]).convert("RGB").save(root / "a" / "full.jpg", quality=90)
+    data = (root / "a" / "full.jpg").read_bytes()
+    (root / "a" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "a" / "full.jpg").unlink()
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    Image.open(good[1]).convert("L").save(root / "a" / "gray.png")
+    Image.new("CMYK", (32, 32), (0, 255, 0, 0)).save(root / "a" / "cmyk.jpg")
+    Image.fromarray(np.array([[0, 32768], [65535, 65535]], dtype=np.uint16)).save(root / "a" / "deep.png")
+    (root / "a" / "README.txt").write_text("not an image")
+    return root
+
+
+def test_odd_but_valid_images_decode_to_8_bit_rgb(messy):
+    assert load_rgb(messy / "a" / "gray.png").mode == "RGB"
+    assert load_rgb(messy / "a" / "cmyk.jpg").getpixel((0, 0)) == (255, 0, 255)
+    deep = np.asarray(load_rgb(messy / "a" / "deep.png"))
+    assert deep.shape == (2, 2, 3) and deep[0, 1, 0] == 128 and deep[1, 0, 0] == 255  # scaled, not clipped
+
+
+def test_bad_files_are_named_or_skipped_with_a_count(messy, caplog):
+    for name in ("truncated.jpg", "empty.jpg"):
+        with pytest.raises(DataError, match=f"cannot decode image {messy / 'a' / name}.*--on-bad-image skip"):
+            load_rgb(messy / "a" / name)
+    with caplog.at_level(logging.INFO):
+        listed = list_images(messy)
+    assert len(listed) == 16 and "left out 1 files without an image extension" in caplog.text  # README.txt
+    with caplog.at_level(logging.WARNING):
+        kept = list_images(messy, on_bad_image="skip")
+    assert len(kept) == 14 and kept.classes == ("a", "b")
+    assert not any(p.name in ("truncated.jpg", "empty.jpg") for p in kept.paths)
+    assert "left out 2 of 16 images" in caplog.text and "truncated.jpg" in caplog.text
+    with pytest.raises(DataError, match="--on-bad-image must be error or skip"):
+        list_images(messy, on_bad_image="ignore")
+
+
+def test_pretraining_stops_on_a_bad_image_or_skips_it(messy, tmp_path):
+    base = ["pretrain", "--data", messy, "--epochs", "1", *TINY]  # batch 16: one step reads every image
+    r = run_cli([*base, "--out", tmp_path / "err"], expect_ok=False)
+    assert "cannot decode image" in r.output and "messy/a/" in r.output
+    r = run_cli([*base, "--out", tmp_path / "skip", "--on-bad-image", "skip", "--batch-size", "8",
+                 "--queue-size", "64", "--bn-splits", "2"])
+    assert (tmp_path / "skip" / "checkpoint_last.pth").exists()
+    r = run_cli(["pretrain", "--data", messy / "b", "--out", tmp_path / "small", *TINY], expect_ok=False)
+    assert "fewer than one global batch of 16" in r.output  # 7 images
+
+
+def _coco(tmp_path, shared_data, change):
+    src = shared_data / "coco-mini" / "annotations" / "instances_val2017.json"
+    data = json.loads(src.read_text())
+    change(data)
+    out = tmp_path / "ann.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_bad_coco_annotations_are_named_or_counted(shared_data, tmp_path, caplog):
+    from mocobench.transfer.detection import register_coco
+
+    images = shared_data / "coco-mini" / "val2017"
+
+    def unknown_category(d):
+        d["annotations"][0]["category_id"] = 999
+
+    def degenerate_and_outside(d):
+        d["annotations"][0]["bbox"][2] = 0.0
+        im = next(i for i in d["images"] if i["id"] == d["annotations"][1]["image_id"])
+        d["annotations"][1]["bbox"][0] = im["width"] - 1.0
+
+    first = json.loads((shared_data / "coco-mini" / "annotations" / "instances_val2017.json").read_text())["annotations"][0]
+    with pytest.raises(DataError, match=f"annotation {first['id']} has category_id 999, which is not among"):
+        register_coco("mb_bad", _coco(tmp_path, shared_data, unknown_category), images)
+    with caplog.at_level(logging.WARNING):
+        register_coco("mb_bad", _coco(tmp_path, shared_data, degenerate_and_outside), images)
+    assert "1 boxes of zero area and 1 boxes reaching outside their image" in caplog.text
