@@ -73,6 +73,7 @@ class PretrainConfig:
         "Default: 8 on one process, 1 under torchrun (the real cross-process shuffle); 1 for supervised.",
     )
     on_bad_image: OnBadImage = on_bad_image_option()
+    detect_anomaly: bool = option(False, "torch.autograd anomaly detection: name the operation that made a NaN (slow).")
     max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
     seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.")
     workers: int = option(4, "Data-loading worker processes per training process (0: load in the main process).")
@@ -164,5 +165,6 @@ class PretrainConfig:
 #: Fields that may differ between a run and its resumption: bookkeeping, plus ``epochs`` (to extend a
 #: run) and ``lr`` (to continue past a non-finite loss with a lower rate). A change is logged.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data", "on_bad_image"}
+    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data", "on_bad_image",
+     "detect_anomaly"}
 )

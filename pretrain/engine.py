@@ -194,6 +194,14 @@ def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
     return path
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files of checkpoint writes that a killed process left behind (the
+    checkpoints themselves are replaced atomically, so they are always complete)."""
+    for tmp in out.glob(".checkpoint_*.pth.tmp.*"):
+        logger.warning("removing %s, left by a process killed while writing a checkpoint", tmp)
+        tmp.unlink(missing_ok=True)
+
+
 def check_resumable(payload: dict, cfg: PretrainConfig, path: Path) -> None:
     """Refuse to resume from a foreign or newer checkpoint, or with settings that change the maths."""
     fmt = detect_format(payload)
@@ -364,6 +372,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     dist.barrier()
     setup_logging(rank, out / "log.txt")
     resume_path = resolve_resume(cfg, out)
+    if dist.is_main():
+        remove_stale_temporaries(out)
     payload = read_checkpoint(resume_path) if resume_path else None
     if payload is not None:
         check_resumable(payload, cfg, resume_path)
@@ -433,7 +443,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers,
                                on_bad_image=cfg.on_bad_image)
 
-    with StopSignal() as stop:
+    with StopSignal() as stop, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
         while progress.epoch < cfg.epochs:
             if cfg.max_steps is not None and progress.global_step >= cfg.max_steps or stop.requested(device):
                 break

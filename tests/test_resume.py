@@ -126,3 +126,62 @@ def test_sigterm_stops_after_the_step_and_the_resumed_run_is_exact(synth, tmp_pa
     assert 2 <= read_checkpoint(out / "checkpoint_last.pth")["global_step"] < 8
     run_cli(["pretrain", *opts, "--out", out, "--resume", "auto"])
     _assert_same_run(tmp_path / "ref", out)
+
+
+def _popen_pretrain(opts, out, prelude=""):
+    code = f"{prelude}\nfrom mocobench.cli import main\nmain()"
+    return subprocess.Popen([sys.executable, "-c", code, "pretrain", *map(str, opts), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_mid_epoch_resumes_from_the_last_complete_checkpoint(synth, tmp_path):
+    opts = ["--data", synth / "train", "--epochs", "2", *TINY, "--image-size", "64"]
+    run_cli(["pretrain", *opts, "--out", tmp_path / "ref"])
+    out = tmp_path / "killed"
+    proc = _popen_pretrain(opts, out)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for step 6 (epoch 2 under way)
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert read_checkpoint(out / "checkpoint_last.pth")["global_step"] == 4  # the epoch-1 checkpoint, intact
+    run_cli(["pretrain", *opts, "--out", out, "--resume", "auto"])
+    _assert_same_run(tmp_path / "ref", out)
+
+
+def test_kill_9_while_writing_a_checkpoint_never_corrupts_it(synth, reference, tmp_path):
+    """The process dies (SIGKILL) half-way through writing its second checkpoint file."""
+    prelude = (
+        "import os, signal\n"
+        "import mocobench.checkpoint as c\n"
+        "real, calls = c.atomic_write, []\n"
+        "def dying(path, write):\n"
+        "    calls.append(path)\n"
+        "    if len(calls) < 2:\n"
+        "        return real(path, write)\n"
+        "    def half(f):\n"
+        "        write(f); f.truncate(f.tell() // 2); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(path, half)\n"
+        "c.atomic_write = dying\n"
+    )
+    opts = ["--data", synth / "train", "--epochs", "2", *TINY]
+    out = tmp_path / "run"
+    proc = _popen_pretrain(opts, out, prelude)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == -signal.SIGKILL, output
+    assert list(out.glob(".checkpoint_last.pth.tmp.*")), "the half-written temporary file should be there"
+    assert read_checkpoint(out / "checkpoint_last.pth")["global_step"] == 4  # the previous one, complete
+    run_cli(["pretrain", *opts, "--out", out, "--resume", "auto"])
+    assert not list(out.glob(".*tmp*")), "stale temporaries are removed on resume"
+    _assert_same_run(reference, out)
+
+
+def test_detect_anomaly_is_switched_on_for_the_run(synth, tmp_path):
+    out = tmp_path / "anomaly"
+    _pretrain(synth, out, "--max-steps", "1", "--detect-anomaly")
+    assert read_checkpoint(out / "checkpoint_last.pth")["config"]["detect_anomaly"] is True
+    assert not torch.is_anomaly_enabled()  # restored afterwards
