@@ -3,6 +3,11 @@ modes end to end, and exact resume of the faithful mode."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,3 +77,22 @@ def test_faithful_mode_resumes_exactly(synth, tmp_path):
     assert full["config"]["derived"]["history"] == cut["config"]["derived"]["history"]
     r = run_cli([*base, "--out", tmp_path / "cut", "--overwrite", "--set", "lr=2.0"], expect_ok=False)
     assert "written with other settings (lr)" in r.output
+
+
+def test_kill_9_during_the_linear_protocol_resumes_exactly(synth, tmp_path):
+    base = ["transfer", "random", "--arch", "resnet18", "--data", synth, *LIN, "--set", "epochs=6",
+            "--set", "image_size=64"]
+    run_cli([*base, "--out", tmp_path / "full"])
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mocobench.cli", *map(str, base), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "linear_last.pth").exists():
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "results.json").exists()
+    run_cli([*base, "--out", out])
+    full, resumed = (read_results(tmp_path / d / "results.json") for d in ("full", "killed"))
+    assert full["metrics"] == resumed["metrics"]
+    assert full["config"]["derived"]["history"] == resumed["config"]["derived"]["history"]
