@@ -16,7 +16,7 @@ from mocobench.datasets import OnBadImage, on_bad_image_option
 from mocobench.options import option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-METHODS = ("moco_v1", "moco_v2", "supervised")
+METHODS = ("moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank")
 MOCO_METHODS = ("moco_v1", "moco_v2")
 
 #: Method recipes: MoCo v1 (arXiv 1911.05722 sec. 3.3/4) and v2 (arXiv 2003.04297 table 1),
@@ -27,6 +27,10 @@ _MOCO = {"lr": 0.03, "epochs": 200, "lr_milestones": (120, 160)}
 RECIPES: dict[str, dict[str, object]] = {
     "moco_v1": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
     "moco_v2": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    # The paper's mechanism comparison (Fig. 3): the same encoder, head, augmentation and schedule as
+    # moco_v2; only the negatives and the key update differ (mocobench.pretrain.mechanisms).
+    "end_to_end": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    "memory_bank": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
     "supervised": {"lr": 0.1, "epochs": 90, "lr_milestones": (30, 60), "lr_schedule": "step", "bn_splits": 1},
 }
 
@@ -42,9 +46,10 @@ class PretrainConfig:
 
     data: str = option("", "ImageFolder tree or plain folder of training images (labels are used by supervised only).", required=True)
     out: str = option("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
-    method: Literal["moco_v1", "moco_v2", "supervised"] = option(
+    method: Literal["moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank"] = option(
         "moco_v2",
-        "moco_v1 (arXiv 1911.05722), moco_v2 (2003.04297), or supervised (labels + cross-entropy: the baseline).",
+        "moco_v1 (arXiv 1911.05722), moco_v2 (2003.04297), supervised (labels + cross-entropy: the baseline), "
+        "or the paper's other mechanisms: end_to_end (negatives from the batch) and memory_bank (InstDisc).",
     )
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = option(
         "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
@@ -61,10 +66,12 @@ class PretrainConfig:
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(1e-4, "SGD weight decay.")
     image_size: int = option(224, "Crop size of the training views.")
-    queue_size: int = option(65536, "Queue size K (number of negatives); must be divisible by the batch size.")
+    queue_size: int = option(
+        65536, "Queue size K (number of negatives; memory_bank: negatives sampled per step); MoCo: divisible by the batch.")
     dim: int = option(128, "Feature dimension of the projection head.")
     moco_m: float = option(0.999, "Momentum of the key encoder.")
     moco_t: float | None = option(None, "Softmax temperature (v1: 0.07, v2: 0.2).")
+    bank_momentum: float = option(0.5, "memory_bank: momentum of the bank entry update (InstDisc: 0.5).")
     mlp: bool | None = option(None, "MLP projection head (v2) instead of one fc layer (v1).")
     aug: Literal["v1", "v2"] | None = option(None, "Augmentation: v1, or v2 (aug+ with blur).")
     bn_splits: int | None = option(
@@ -152,6 +159,8 @@ class PretrainConfig:
             )
         if not 0.0 <= self.moco_m < 1.0:
             raise ConfigError(f"--moco-m must be in [0, 1), got {self.moco_m}")
+        if not 0.0 <= self.bank_momentum < 1.0:
+            raise ConfigError(f"--bank-momentum must be in [0, 1), got {self.bank_momentum}")
         if self.moco_t is not None and self.moco_t <= 0:
             raise ConfigError(f"--moco-t must be positive, got {self.moco_t}")
         if self.max_steps is not None and self.max_steps <= 0:

@@ -6,6 +6,7 @@ on N processes under torchrun (gloo on CPU, NCCL on GPU) with DistributedDataPar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -43,6 +44,7 @@ from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
 from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
 from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainConfig
+from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank
 from mocobench.pretrain.moco import MoCo
 from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.pretrain.split_bn import SplitBatchNorm
@@ -103,17 +105,22 @@ class Progress:
 #: A pretraining method as the loop sees it: ``inputs(batch)``, ``forward(*inputs, generator) ->
 #: (logits, labels, state)`` (cross-entropy of logits against labels is the loss), ``after_step(state)``,
 #: ``backbone`` and ``backbone_prefix``. The methods differ only inside these classes.
-Method = MoCo | Supervised
+Method = MoCo | Supervised | EndToEnd | MemoryBank
 
 
-def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0) -> Method:
+def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_images: int = 0) -> Method:
     """The method's module around a torchvision ResNet; BatchNorm2d becomes SplitBatchNorm when
-    bn_splits > 1. ``num_classes`` sizes the supervised classifier."""
+    bn_splits > 1. ``num_classes`` sizes the supervised classifier, ``num_images`` the memory bank."""
     splits = cfg.effective_bn_splits(world)
     norm = partial(SplitBatchNorm, num_splits=splits) if splits > 1 else nn.BatchNorm2d
     arch = getattr(torchvision.models, cfg.arch)
     if cfg.method == "supervised":
         return Supervised(arch(num_classes=num_classes, norm_layer=norm))
+    encoder_fn = partial(arch, num_classes=cfg.dim, norm_layer=norm)
+    if cfg.method == "end_to_end":
+        return EndToEnd(encoder_fn, temperature=cfg.moco_t, mlp=cfg.mlp)
+    if cfg.method == "memory_bank":
+        return MemoryBank(encoder_fn, num_images, cfg.dim, cfg.queue_size, cfg.moco_t, cfg.bank_momentum, cfg.mlp)
     return MoCo(
         lambda: arch(num_classes=cfg.dim, norm_layer=norm),
         dim=cfg.dim,
@@ -382,7 +389,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     images = list_images(cfg.data, labelled=supervised or None, on_bad_image=cfg.on_bad_image)
     local_batch = cfg.per_process_batch(world)
     sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
-    transform = linear_train_transform(cfg.image_size) if supervised else TwoCrops(moco_transform(cfg.aug, cfg.image_size))
+    if supervised:
+        transform = linear_train_transform(cfg.image_size)
+    elif cfg.method == "memory_bank":  # one view; the batch carries image indices in place of labels
+        transform = moco_transform(cfg.aug, cfg.image_size)
+        images = dataclasses.replace(images, labels=tuple(range(len(images))))
+    else:
+        transform = TwoCrops(moco_transform(cfg.aug, cfg.image_size))
     dataset = SeededImageDataset(images, transform)
     loader = DataLoader(
         dataset,
@@ -393,7 +406,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     )
 
     torch.manual_seed(cfg.seed)
-    method = build_model(cfg, world, len(images.classes)).to(device)
+    method = build_model(cfg, world, len(images.classes), len(images)).to(device)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if cfg.compile:

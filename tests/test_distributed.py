@@ -112,3 +112,38 @@ def test_torchrun_cli_equals_one_process_with_split_bn(synth, tmp_path):
         if "running_" in k or "num_batches" in k:
             continue
         torch.testing.assert_close(sa[k], sb[k], atol=1e-5, rtol=1e-4, msg=f"{k} differs")
+
+
+def _e2e_run(model: nn.Module, module: nn.Module, rank: int, local_b: int):
+    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for xq, xk in _batches():
+        sl = slice(rank * local_b, (rank + 1) * local_b)
+        train_step(model, module, (xq[sl], xk[sl]), opt, scaler, torch.Generator())
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _e2e() -> nn.Module:
+    from mocobench.pretrain.mechanisms import EndToEnd
+
+    torch.manual_seed(0)  # GroupNorm: no batch statistics, so W processes must equal one process exactly
+    return EndToEnd(lambda: torchvision.models.resnet18(num_classes=8, norm_layer=lambda c: nn.GroupNorm(4, c)),
+                    temperature=0.5).double()
+
+
+def _e2e_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tdist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    module = _e2e()
+    torch.save(_e2e_run(DistributedDataParallel(module), module, rank, LOCAL_B), Path(out) / f"e2e{rank}.pt")
+    tdist.destroy_process_group()
+
+
+def test_end_to_end_negatives_across_two_processes_give_the_one_process_gradient(tmp_path):
+    mp.start_processes(_e2e_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    r0 = torch.load(tmp_path / "e2e0.pt")
+    module = _e2e()
+    ref = _e2e_run(module, module, 0, WORLD * LOCAL_B)
+    for k, v in ref.items():
+        torch.testing.assert_close(r0[k], v, rtol=1e-9, atol=1e-9, msg=k)

@@ -1,0 +1,141 @@
+"""The two other contrastive mechanisms of the MoCo paper's comparison (arXiv 1911.05722, Fig. 2 and 3).
+
+Everything else is shared with MoCo (:mod:`mocobench.pretrain.moco`): the encoder and its head, the
+augmentation, the loss (cross-entropy over logits / T, positive at ``labels``) and the training loop.
+Only the source of the negatives and the update of the keys differ:
+
+==============  ==========================================  =============================================
+mechanism       negatives                                   keys / key encoder
+==============  ==========================================  =============================================
+``moco_*``      queue of the last K keys                    momentum encoder ``k = m k + (1 - m) q``
+``end_to_end``  the other 2N - 2 views of the batch         the query encoder itself, back-propagated
+                (NT-Xent, SimCLR arXiv 2002.05709)
+``memory_bank`` K entries sampled from a bank of one        bank entry of the image, updated after the
+                feature per training image (InstDisc,       step: ``v = normalise(m_b v + (1 - m_b) q)``
+                arXiv 1805.01978)                           (m_b = ``--bank-momentum``, 0.5)
+==============  ==========================================  =============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mocobench import dist
+from mocobench.pretrain.moco import add_mlp_head, contrastive_logits
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank, differentiably: the backward pass sums each slice's gradient
+    over the ranks and returns it to its owner, so W processes compute the gradient of one process
+    with the whole batch (tested with two gloo processes). Shape: (B, ...) -> (world * B, ...).
+    """
+    if dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))
+
+
+def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NT-Xent logits of the 2B local views against the 2B * world views of all ranks.
+
+    Shape: z1, z2 (B, C) L2-normalised -> logits (2B, 2B * world) with each view's similarity to
+    itself at -inf, labels (2B,) = the column of the other view of the same image.
+    """
+    local = torch.cat([z1, z2])
+    keys = all_gather_with_grad(local)
+    b, offset = z1.shape[0], dist.get_rank() * local.shape[0]
+    logits = local @ keys.T / temperature
+    rows = torch.arange(2 * b, device=local.device)
+    logits[rows, offset + rows] = float("-inf")
+    labels = offset + torch.cat([rows[b:], rows[:b]])
+    return logits, labels
+
+
+class EndToEnd(nn.Module):
+    """Negatives from the current batch; one encoder, trained through both views."""
+
+    backbone_prefix = "encoder."
+
+    def __init__(self, encoder_fn: Callable[[], nn.Module], temperature: float = 0.2, mlp: bool = True) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.encoder = encoder_fn()
+        if mlp:
+            add_mlp_head(self.encoder)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder
+
+    @staticmethod
+    def inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        (im_q, im_k), _ = batch
+        return im_q, im_k
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None):
+        """Shape: (B, 3, H, W) x 2 -> logits (2B, 2B * world), labels (2B,), None."""
+        z = F.normalize(self.encoder(torch.cat([im_q, im_k])), dim=1)
+        logits, labels = nt_xent_logits(*z.chunk(2), self.temperature)
+        return logits, labels, None
+
+    def after_step(self, state: None) -> None:
+        """Nothing outside the optimiser: the keys are the query encoder's."""
+
+
+class MemoryBank(nn.Module):
+    """Negatives sampled from a bank of one L2-normalised feature per training image.
+
+    Args:
+        encoder_fn: builds a ResNet whose ``fc`` outputs ``dim`` features.
+        num_images: bank size (one entry per training image; the batch carries image indices).
+        dim: feature dimension C.
+        num_negatives: K entries sampled (uniformly, with replacement) per step, shared by the batch.
+        temperature: T.
+        bank_momentum: m_b of the entry update (InstDisc: 0.5).
+        mlp: MLP head.
+    """
+
+    backbone_prefix = "encoder."
+
+    def __init__(self, encoder_fn: Callable[[], nn.Module], num_images: int, dim: int = 128,
+                 num_negatives: int = 4096, temperature: float = 0.07, bank_momentum: float = 0.5,
+                 mlp: bool = False) -> None:
+        super().__init__()
+        self.temperature, self.bank_momentum, self.num_negatives = temperature, bank_momentum, num_negatives
+        self.encoder = encoder_fn()
+        if mlp:
+            add_mlp_head(self.encoder)
+        self.register_buffer("bank", F.normalize(torch.randn(num_images, dim), dim=1))
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder
+
+    @staticmethod
+    def inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(view, image index) batches: the engine puts each image's index where the label would be."""
+        view, index = batch
+        return view, index
+
+    def forward(self, images: torch.Tensor, index: torch.Tensor, generator: torch.Generator):
+        """Shape: images (B, 3, H, W), index (B,) -> logits (B, 1 + K), labels (B,) zeros,
+        state (q (world * B, C), index (world * B,)) for :meth:`after_step`."""
+        q = F.normalize(self.encoder(images), dim=1)
+        sample = torch.randint(self.bank.shape[0], (self.num_negatives,), generator=generator).to(q.device)
+        positives = self.bank[index].to(q.dtype)
+        negatives = self.bank[sample].T.to(q.dtype)  # (C, K)
+        logits, labels = contrastive_logits(q, positives, negatives, self.temperature)
+        state = (dist.all_gather_cat(q.detach().to(self.bank.dtype)), dist.all_gather_cat(index))
+        return logits, labels, state
+
+    @torch.no_grad()
+    def after_step(self, state: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Move each seen image's entry towards its new feature (every rank applies the same update)."""
+        q, index = state
+        m = self.bank_momentum
+        self.bank[index] = F.normalize(m * self.bank[index] + (1 - m) * q, dim=1)

@@ -1,0 +1,74 @@
+"""The paper's other mechanisms (end_to_end, memory_bank) against hand-written references, and runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from helpers import TINY, run_cli
+
+from mocobench.checkpoint import load_backbone, read_checkpoint
+from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank, nt_xent_logits
+from mocobench.pretrain.moco import contrastive_logits
+
+
+def test_nt_xent_matches_the_simclr_loss_written_as_loops():
+    torch.manual_seed(0)
+    z1, z2 = (F.normalize(torch.randn(5, 8, dtype=torch.float64), dim=1) for _ in range(2))
+    t = 0.3
+    logits, labels = nt_xent_logits(z1, z2, t)
+    z = torch.cat([z1, z2])
+    n = z.shape[0]
+    losses = []
+    for i in range(n):  # SimCLR eq. 1: -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t), j the other view
+        j = (i + 5) % n
+        denom = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(n) if k != i)
+        losses.append(-math.log(math.exp(float(z[i] @ z[j]) / t) / denom))
+    assert F.cross_entropy(logits, labels).item() == pytest.approx(sum(losses) / n, abs=1e-10)
+    assert labels.tolist() == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4] and torch.isinf(logits.diagonal()).all()
+
+
+def test_end_to_end_back_propagates_through_both_views():
+    torch.manual_seed(0)
+    model = EndToEnd(lambda: torchvision.models.resnet18(num_classes=16), temperature=0.2, mlp=True)
+    x1 = torch.randn(4, 3, 32, 32, requires_grad=True)
+    x2 = torch.randn(4, 3, 32, 32, requires_grad=True)
+    logits, labels, _ = model(x1, x2)
+    F.cross_entropy(logits, labels).backward()
+    assert x1.grad.abs().sum() > 0 and x2.grad.abs().sum() > 0  # the "keys" are not detached
+    assert logits.shape == (8, 8)
+
+
+def test_memory_bank_samples_negatives_and_updates_seen_entries_only():
+    torch.manual_seed(0)
+    model = MemoryBank(lambda: torchvision.models.resnet18(num_classes=16), num_images=20, dim=16,
+                       num_negatives=7, temperature=0.1, bank_momentum=0.5).eval()
+    x, index = torch.randn(3, 3, 32, 32), torch.tensor([4, 11, 2])
+    before = model.bank.clone()
+    logits, labels, state = model(x, index, torch.Generator().manual_seed(5))
+    sample = torch.randint(20, (7,), generator=torch.Generator().manual_seed(5))
+    q = F.normalize(model.encoder(x), dim=1)
+    ref, _ = contrastive_logits(q, before[index], before[sample].T, 0.1)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    assert logits.shape == (3, 8) and (labels == 0).all()
+    model.after_step(state)
+    torch.testing.assert_close(model.bank[index], F.normalize(0.5 * before[index] + 0.5 * q, dim=1), rtol=1e-5, atol=1e-6)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(model.bank[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("method", ["end_to_end", "memory_bank"])
+def test_mechanisms_train_and_feed_the_reader(synth, tmp_path, method):
+    out = tmp_path / method
+    run_cli(["pretrain", "--data", synth / "train", "--out", out, "--method", method, "--epochs", "1", *TINY])
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["method"] == method and ckpt["backbone_prefix"] == "encoder."
+    assert ("module.bank" in ckpt["state_dict"]) == (method == "memory_bank")
+    if method == "memory_bank":
+        assert ckpt["state_dict"]["module.bank"].shape == (64, 128)  # one entry per training image
+    net, info = load_backbone(out / "checkpoint_last.pth")
+    assert info.method == method and torch.equal(net.conv1.weight, ckpt["state_dict"]["module.encoder.conv1.weight"])
