@@ -163,6 +163,47 @@ def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_di
 
 
 @main.command()
+@click.argument("name")
+@dataclass_options(PretrainConfig, exclude=("out", "resume"))
+@click.option("--out", "sweep_out", required=True, help="Sweep folder: one sub-folder per point, and report/.")
+@click.option("--knn-data", required=True, help="Root of the kNN task run on every point (train + val splits).")
+@click.option("--knn-set", multiple=True, metavar="KEY=VALUE", help="Override of the kNN task's config.")
+@click.option("--point", "points", multiple=True, help="Run only these points (labels as in the folder names).")
+def sweep(name, sweep_out, knn_data, knn_set, points, **options) -> None:
+    """Run ablation NAME (momentum, negatives, shuffle_bn) as normal runs, then write its report.
+
+    Every pretrain option sets the base of all points; each point changes one setting. Example (CPU):
+      mocobench sweep momentum --data imagenette-96/train --out runs/m --knn-data imagenette-96
+      --arch resnet18 --image-size 64 --batch-size 64 --queue-size 4096 --epochs 20 --workers 1
+    """
+    from pathlib import Path
+
+    from mocobench.checkpoint import CheckpointError
+    from mocobench.datasets import DataError
+    from mocobench.log import setup_logging
+    from mocobench.pretrain.config import ConfigError
+    from mocobench.report import write_report
+    from mocobench.results import ResultsError
+    from mocobench.sweep import SweepError, run_sweep
+
+    setup_logging()
+    error = None
+    try:
+        run_sweep(name, PretrainConfig(out="", **options), sweep_out, knn_data, knn_set, points)
+    except SweepError as e:  # some points failed: the report shows the others
+        error = e
+    except (ConfigError, DataError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        report = write_report([sweep_out], Path(sweep_out) / "report", baseline="", title=f"sweep: {name}")
+        logger.info("report: %s", report.out / "report.md")
+    except ResultsError as e:
+        error = error or e
+    if error is not None:
+        raise click.ClickException(str(error))
+
+
+@main.command()
 @click.argument("run_dirs", nargs=-1, required=True)
 @click.option("--out", required=True, help="Report folder (e.g. reports/NAME).")
 @click.option("--baseline", default="supervised", show_default=True, help="Row the deltas refer to.")

@@ -246,21 +246,69 @@ def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
             curves[name] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
     if not curves:
         return None
-    fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, (ax_loss, ax_acc, ax_knn) = plt.subplots(1, 3, figsize=(12, 3.2))
     for name, recs in curves.items():
         ax_loss.plot([r["epoch"] + 1 for r in recs], [r["loss"] for r in recs], label=name)
+        ax_acc.plot([r["epoch"] + 1 for r in recs], [r["acc1"] for r in recs], label=name)
         knn = [r for r in recs if "knn_top1" in r]
         if knn:
             ax_knn.plot([r["epoch"] + 1 for r in knn], [r["knn_top1"] for r in knn], marker="o", label=name)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="pretraining loss")
+    ax_acc.set(xlabel="epoch", ylabel="pretext top-1 (%)", title="pretext accuracy (positive / class)")
     ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
-    for ax in (ax_loss, ax_knn):
+    for ax in (ax_loss, ax_acc, ax_knn):
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
     path = atomic_write(out / "fig_pretraining_curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+#: Recipe settings that a sweep varies; "negatives" is K (queue or bank samples), or 2N - 2 for end_to_end.
+SWEPT = ("moco_m", "negatives", "bn_splits", "moco_t", "epochs", "lr")
+
+
+def _swept_value(recipe: dict, key: str):
+    if key == "negatives" and recipe.get("method") in ("moco_v1", "moco_v2", "memory_bank", "end_to_end"):
+        return 2 * recipe["batch_size"] - 2 if recipe["method"] == "end_to_end" else recipe["queue_size"]
+    return recipe.get(key)
+
+
+def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
+    """For each recipe setting that differs between pretrainings: the headline score of each task
+    against it, one line per method (the paper's Table 1 / Fig. 3 style). Rows without a recipe
+    (random init, foreign checkpoints) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = {n: json.loads(r) for n, r in df.groupby("pretraining")["recipe"].first().items() if json.loads(r)}
+    s = summary(df)
+    paths = []
+    for key in SWEPT:
+        values = {n: _swept_value(r, key) for n, r in recipes.items()}
+        values = {n: v for n, v in values.items() if v is not None}
+        if len(set(values.values())) < 2:
+            continue
+        for task in sorted(s["task"].unique()):
+            metric = HEADLINE.get(task.split("@")[0])
+            hit = s[(s["task"] == task) & (s["metric"] == metric) & s["pretraining"].isin(values)]
+            if hit.empty:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            for method in sorted({recipes[n]["method"] for n in hit["pretraining"]}):
+                pts = sorted((values[n], m) for n, m in zip(hit["pretraining"], hit["mean"], strict=True)
+                             if recipes[n]["method"] == method)
+                ax.plot([str(v) for v, _ in pts], [m for _, m in pts], marker="o", label=method)
+            ax.set(xlabel=key, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            paths.append(atomic_write(out / f"fig_sweep_{key}_{task.replace('@', '_')}.png",
+                                      lambda f, fig=fig: fig.savefig(f, format="png", dpi=110)))
+            plt.close(fig)
+    return paths
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -289,7 +337,7 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
     df = collect(roots)
     table, dtable = formatted_pivot(df), delta(df, baseline)
     protos, recipes = protocols_table(df), recipes_table(df)
-    figures = bar_figures(df, out)
+    figures = bar_figures(df, out) + sweep_figures(df, out)
     curve = pretraining_curves(df, out)
     figures += [curve] if curve else []
 
@@ -303,7 +351,7 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
         md += [f"## Difference from {baseline}", "", "Signed difference of the means (points); positive is better "
                f"than {baseline}.", ""]
         md += _per_task_markdown(dtable.map(_signed))
-    else:
+    elif baseline:
         md += [f"(No `{baseline}` row: no difference table.)", ""]
     md += ["## Protocols", "", "The settings behind each number (config hash = `config` column of report.csv).", "",
            protos.to_markdown(index=False, disable_numparse=True), "", "## Pretrainings", "", recipes.to_markdown(index=False, disable_numparse=True), ""]

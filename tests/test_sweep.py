@@ -1,0 +1,40 @@
+"""``mocobench sweep``: each point is a normal run; finished points are skipped; the report plots the sweep."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import TINY, run_cli
+
+from mocobench.checkpoint import read_checkpoint
+from mocobench.results import read_results
+from mocobench.sweep import SweepError, point_label, sweep_points
+
+
+def test_sweep_points_are_the_papers_values():
+    assert [p["moco_m"] for p in sweep_points("momentum")] == [0.0, 0.9, 0.99, 0.999, 0.9999]
+    assert {p["method"] for p in sweep_points("negatives")} == {"moco_v2", "memory_bank", "end_to_end"}
+    assert point_label({"method": "moco_v2", "queue_size": 256}) == "method=moco_v2,queue_size=256"
+    with pytest.raises(SweepError, match="unknown sweep 'lr'; choose one of momentum, negatives, shuffle_bn"):
+        sweep_points("lr")
+    with pytest.raises(SweepError, match=r"points \['moco_m=0.5'\] are not in sweep 'momentum'"):
+        sweep_points("momentum", ("moco_m=0.5",))
+
+
+def test_shuffle_bn_sweep_runs_points_skips_them_again_and_plots(synth, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "shuffle_bn", "--data", synth / "train", "--out", out, "--knn-data", synth,
+            "--knn-set", "image_size=32", "--knn-set", "workers=0", "--knn-set", "k=5", "--epochs", "2",
+            *[a for a in TINY if a not in ("--bn-splits", "2")], "--knn-train", synth / "train",
+            "--knn-val", synth / "val", "--knn-k", "5"]
+    run_cli(args)
+    for splits in (8, 1):
+        ckpt = read_checkpoint(out / f"bn_splits={splits}" / "checkpoint_last.pth")
+        assert ckpt["config"]["bn_splits"] == splits and ckpt["epoch"] == 2
+        assert read_results(out / f"bn_splits={splits}" / "knn" / "results.json")["pretraining"] == f"bn_splits={splits}"
+    stamp = (out / "bn_splits=1" / "knn" / "results.json").stat().st_mtime_ns
+    run_cli(args)  # finished points are skipped
+    assert (out / "bn_splits=1" / "knn" / "results.json").stat().st_mtime_ns == stamp
+    report = out / "report"
+    assert (report / "fig_sweep_bn_splits_knn.png").stat().st_size > 1000
+    assert (report / "fig_pretraining_curves.png").exists()
+    assert "bn_splits=8" in (report / "report.md").read_text()
