@@ -2,7 +2,8 @@
 
 Features are L2-normalised; similarity is cosine; each of the k nearest bank entries votes for its
 class with weight ``exp(s / t)``; the prediction is the class with the largest total. Similarities
-are computed ``chunk_size`` queries at a time, so memory is O(chunk_size * N) rather than O(M * N).
+are computed in blocks of queries x bank entries with a running top-k, so memory is bounded by the
+block size whatever the bank size (``benchmarks/knn_memory.py`` measures it against the full product).
 """
 
 from __future__ import annotations
