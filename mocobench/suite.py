@@ -46,11 +46,11 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
         TaskSpec("coco_det", "coco", (*_SMALL_DET, "SOLVER.MAX_ITER=150", "SOLVER.STEPS=(100,130)")),
         TaskSpec("voc_det", "voc", (*_SMALL_DET, "SOLVER.MAX_ITER=150", "SOLVER.STEPS=(100,130)")),
     ),
-    "paper": (
+    "paper": (  # data as `mocobench data fetch ... --root DATA_ROOT` leaves it (ImageNet: your own copy)
         TaskSpec("linear", "imagenet"),
         TaskSpec("knn", "imagenet"),
-        TaskSpec("finegrained", "flowers102"),
-        TaskSpec("voc_det", "VOCdevkit"),
+        TaskSpec("finegrained", "", ("dataset=flowers102",)),  # DATA_ROOT/flowers-102
+        TaskSpec("voc_det", "VOCdevkit", ("repeats=5",)),  # the papers: mean of 5 runs
         TaskSpec("coco_det", "coco"),
         TaskSpec("coco_instseg", "coco"),
     ),
