@@ -9,16 +9,22 @@ DEMO_DIR ?= runs/demo
 setup:
 	bash scripts/setup_env.sh $(VENV)
 
-# Main job (until the full transfer demo lands): synthetic data, then a short MoCo v2 pretraining
-# with the kNN monitor. CPU, about two minutes.
+# Main job: synthetic data (classification, COCO, VOC), MoCo v2 and supervised pretraining, then the
+# demo suite (knn, linear, finegrained, coco_det, voc_det on MoCo v2 / supervised / random init) and
+# the report in reports/demo/. CPU, about 15 minutes. Re-running resumes (finished steps are skipped).
+DEMO_DATA := $(DEMO_DIR)/data
+DEMO_COMMON := --arch resnet18 --image-size 64 --batch-size 64 --epochs 15 --workers 1 --resume auto \
+	--knn-train $(DEMO_DATA)/classification/train --knn-val $(DEMO_DATA)/classification/val --knn-every 5
 demo: setup
-	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/mocobench data synth $(DEMO_DIR)/data
-	$(VENV)/bin/mocobench pretrain --data $(DEMO_DIR)/data/train --out $(DEMO_DIR)/pretrain \
-	    --method moco_v2 --arch resnet18 --image-size 64 --batch-size 64 --queue-size 1024 \
-	    --epochs 15 --moco-m 0.99 --workers 1 \
-	    --knn-train $(DEMO_DIR)/data/train --knn-val $(DEMO_DIR)/data/val
-	@echo "demo done: checkpoints and metrics in $(DEMO_DIR)/pretrain"
+	test -f $(DEMO_DATA)/voc/labels.txt || (rm -rf $(DEMO_DATA) && $(VENV)/bin/mocobench data synth $(DEMO_DATA))
+	$(VENV)/bin/mocobench pretrain --data $(DEMO_DATA)/classification/train --out $(DEMO_DIR)/moco_v2 \
+	    --method moco_v2 --queue-size 512 --moco-m 0.99 $(DEMO_COMMON)
+	$(VENV)/bin/mocobench pretrain --data $(DEMO_DATA)/classification/train --out $(DEMO_DIR)/supervised \
+	    --method supervised --lr-schedule cosine $(DEMO_COMMON)
+	$(VENV)/bin/mocobench suite moco_v2=$(DEMO_DIR)/moco_v2/checkpoint_last.pth \
+	    supervised=$(DEMO_DIR)/supervised/checkpoint_last.pth random --arch resnet18 \
+	    --preset demo --data-root $(DEMO_DATA) --out $(DEMO_DIR)/suite --report reports/demo
+	@echo "demo done: the report is reports/demo/report.md (also report.html, report.csv, figures)"
 
 test: setup
 	$(PY) -m pytest -q tests

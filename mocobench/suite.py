@@ -43,8 +43,8 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
         TaskSpec("knn", "classification", ("image_size=64",)),
         TaskSpec("linear", "classification", ("image_size=64", "mode=cached", "epochs=30")),
         TaskSpec("finegrained", "classification", ("image_size=64", "grid_size=12")),
-        TaskSpec("coco_det", "coco", (*_SMALL_DET, "SOLVER.MAX_ITER=150", "SOLVER.STEPS=(100,130)")),
-        TaskSpec("voc_det", "voc", (*_SMALL_DET, "SOLVER.MAX_ITER=150", "SOLVER.STEPS=(100,130)")),
+        TaskSpec("coco_det", "coco", (*_SMALL_DET, "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
+        TaskSpec("voc_det", "voc", (*_SMALL_DET, "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
     ),
     "paper": (  # data as `mocobench data fetch ... --root DATA_ROOT` leaves it (ImageNet: your own copy)
         TaskSpec("linear", "imagenet"),
