@@ -13,7 +13,9 @@ Every stage resumes: a finished pretraining or task is skipped on a re-run.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +25,11 @@ from mocobench.log import setup_logging
 from mocobench.pretrain.config import PretrainConfig
 from mocobench.pretrain.engine import pretrain
 from mocobench.report import write_report
+from mocobench.results import read_results
 from mocobench.suite import run_suite
 
 logger = logging.getLogger("bench")
+RESULTS = Path(__file__).parent / "results"
 
 #: One entry per pretraining: (run folder under --runs, recipe changes). The shared settings are those
 #: of benchmarks/pretrain_imagenette.py, whose MoCo v2 run (runs/bench-pretrain) is reused as it is.
@@ -67,6 +71,29 @@ def main(data: Path, runs: Path, out: str, workers: int, only: str) -> None:
     logger.info("suite: %.0f s in this invocation", time.perf_counter() - t0)
     report = write_report([suite_out], out, title="imagenette-cpu: ResNet-18 pretrainings on imagenette-96 (64 px, CPU)")
     logger.info("report: %s", report.out / "report.md")
+    write_summary(suite_out, report.pivot)
+
+
+def write_summary(suite_out: Path, table) -> None:
+    """``benchmarks/results/imagenette_cpu.{json,md}``: the headline numbers and each task's wall time."""
+    times = {}
+    for path in sorted(suite_out.glob("*/*/results.json")):
+        rec = read_results(path)
+        times.setdefault(rec["task"], {})[rec["pretraining"]] = rec["time_s"]
+    heads = [("knn", "top1"), ("linear", "top1_final"), ("finegrained", "mean_per_class"), ("coco_det", "bbox_AP"),
+             ("coco_det", "bbox_AP50"), ("voc_det", "bbox_AP"), ("voc_det", "bbox_AP50")]
+    heads = [h for h in heads if h in table.columns]
+    md = ["| pretraining | " + " | ".join(f"{t} {m}" for t, m in heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    md += [f"| {name} | " + " | ".join(table.loc[name, h] for h in heads) + " |" for name in table.index]
+    md += ["", "Wall time of each task (s, 2 CPU cores):", "", "| task | " + " | ".join(table.index) + " |",
+           "|---" * (len(table.index) + 1) + "|"]
+    md += [f"| {task} | " + " | ".join(str(round(row.get(n, float("nan")))) for n in table.index) + " |"
+           for task, row in sorted(times.items())]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "imagenette_cpu.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "imagenette_cpu.json").write_text(json.dumps({"command": " ".join(["python", *sys.argv]),
+                                                             "task_time_s": times}, indent=2) + "\n")
+    logger.info("summary:\n%s", "\n".join(md))
 
 
 if __name__ == "__main__":
