@@ -57,6 +57,9 @@ def protocol(config: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k not in BOOKKEEPING}
     if out.get("data"):
         out["data"] = Path(out["data"]).name
+    opts = out.get("opts")
+    if isinstance(opts, (list, tuple)) and opts and len(opts) % 2 == 0:  # detectron2 KEY VALUE pairs, last wins
+        out["opts"] = " ".join(f"{k}={v}" for k, v in dict(zip(opts[::2], opts[1::2], strict=True)).items())
     derived = config.get("derived") or {}
     if "config_file" in derived:  # detection: the shipped detectron2 config
         out["config_file"] = derived["config_file"]
