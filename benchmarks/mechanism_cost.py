@@ -1,0 +1,71 @@
+"""Cost of the three contrastive mechanisms at the same batch size and encoder (the MoCo v2 note's
+cost comparison: end-to-end needs both views through the trained encoder, so it costs more memory).
+
+ResNet-18, 64 px, CPU, fp32. Each (mechanism, batch) runs in a fresh subprocess: ``--steps`` timed
+steps after 2 warm-up steps on pre-made tensors; peak memory is VmHWM minus the resident memory after
+the model and the data were built. Writes ``benchmarks/results/mechanism_cost.{json,md}``.
+
+    python benchmarks/mechanism_cost.py --batches 64,128,256
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+RESULTS = Path(__file__).parent / "results"
+
+CHILD = r"""
+import json, sys, time, torch
+from mocobench.pretrain.config import PretrainConfig
+from mocobench.pretrain.engine import build_model, train_step
+method, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg = PretrainConfig(data="-", out="-", method=method, arch="resnet18", batch_size=batch, image_size=64,
+                     queue_size=4096, moco_m=0.99, bn_splits=1).resolved()
+torch.manual_seed(0)
+model = build_model(cfg, 1, num_images=9469)
+opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+scaler, gen = torch.amp.GradScaler("cpu", enabled=False), torch.Generator()
+x = torch.randn(batch, 3, 64, 64), torch.randn(batch, 3, 64, 64)
+inputs = (x[0], torch.randperm(9469)[:batch]) if method == "memory_bank" else x
+def status(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024
+before = status('VmRSS:')
+for _ in range(2):
+    train_step(model, model, inputs, opt, scaler, gen)
+t0 = time.perf_counter()
+for _ in range(steps):
+    train_step(model, model, inputs, opt, scaler, gen)
+print(json.dumps({'step_s': (time.perf_counter() - t0) / steps, 'peak_extra_bytes': status('VmHWM:') - before}))
+"""
+
+
+@click.command()
+@click.option("--batches", default="64,128,256", show_default=True)
+@click.option("--steps", default=5, show_default=True)
+def main(batches: str, steps: int) -> None:
+    rows = []
+    for batch in (int(b) for b in batches.split(",")):
+        for method in ("moco_v2", "end_to_end", "memory_bank"):
+            out = subprocess.run([sys.executable, "-c", CHILD, method, str(batch), str(steps)], capture_output=True,
+                                 text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"method": method, "batch": batch, "step_ms": round(1000 * r["step_s"], 1),
+                         "images_per_s": round(batch / r["step_s"], 1),
+                         "peak_extra_mib": round(r["peak_extra_bytes"] / 2**20, 1)})
+            print(rows[-1], flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "mechanism_cost.json").write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows},
+                                                            indent=2) + "\n")
+    md = ["| mechanism | batch | step (ms) | images/s | peak memory of training (MiB) |", "|---|---|---|---|---|"]
+    md += [f"| {r['method']} | {r['batch']} | {r['step_ms']} | {r['images_per_s']} | {r['peak_extra_mib']} |" for r in rows]
+    (RESULTS / "mechanism_cost.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
