@@ -227,7 +227,10 @@ def check_resumable(payload: dict, cfg: PretrainConfig, path: Path) -> None:
     for k in sorted(RESUMABLE_CHANGES & current.keys()):
         if k in saved and saved[k] != current[k] and k in ("epochs", "lr"):
             logger.warning("resuming with %s=%r (the checkpoint was trained with %r)", k, current[k], saved[k])
-    diff = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    # A field added after the checkpoint was written counts as its default (older runs never changed it).
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+    saved = {k: saved.get(k, defaults.get(k)) for k in current}
+    diff = {k: (saved[k], v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved[k] != v}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"cannot resume {path} with different settings ({lines})")
