@@ -171,9 +171,9 @@ class PretrainConfig:
             raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
 
 
-#: Fields that may differ between a run and its resumption: bookkeeping, plus ``epochs`` (to extend a
+#: Fields that may differ between a run and its resumption: bookkeeping (a run folder may be moved), plus ``epochs`` (to extend a
 #: run) and ``lr`` (to continue past a non-finite loss with a lower rate). A change is logged.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data", "on_bad_image",
+    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data", "out", "on_bad_image",
      "detect_anomaly"}
 )

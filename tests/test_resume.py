@@ -185,3 +185,17 @@ def test_detect_anomaly_is_switched_on_for_the_run(synth, tmp_path):
     _pretrain(synth, out, "--max-steps", "1", "--detect-anomaly")
     assert read_checkpoint(out / "checkpoint_last.pth")["config"]["detect_anomaly"] is True
     assert not torch.is_anomaly_enabled()  # restored afterwards
+
+
+def test_a_checkpoint_from_before_a_new_option_still_resumes(synth, reference, tmp_path):
+    """Fields added to the config later count as their defaults when resuming an older run."""
+    out = tmp_path / "old"
+    out.mkdir()
+    ckpt = read_checkpoint(reference / "checkpoint_last.pth")
+    del ckpt["config"]["bank_momentum"], ckpt["config"]["detect_anomaly"]
+    torch.save(ckpt, out / "checkpoint_last.pth")
+    run_cli(["pretrain", "--data", synth / "train", "--out", out, "--epochs", "3", *TINY, "--resume", "auto"])
+    assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 3
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", out, "--epochs", "4", *TINY, "--resume", "auto",
+                 "--bank-momentum", "0.9"], expect_ok=False)
+    assert "bank_momentum: checkpoint 0.5 vs now 0.9" in r.output
