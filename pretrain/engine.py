@@ -432,10 +432,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if payload is not None:
         progress = restore(payload, method, optimizer, scaler, shuffle_gen)
         metrics.truncate_after(progress.global_step)
-        logger.info(
-            "resumed %s: epoch %d, step %d (global step %d)",
-            resume_path, progress.epoch + 1, progress.step, progress.global_step,
-        )
+        if progress.epoch >= cfg.epochs:
+            logger.info("%s has finished all %d epochs; nothing to train (raise --epochs to extend it)",
+                        resume_path, cfg.epochs)
+        else:
+            logger.info("resumed %s: epoch %d, step %d (global step %d)",
+                        resume_path, progress.epoch + 1, progress.step, progress.global_step)
     elif dist.is_main():
         metrics.path.unlink(missing_ok=True)
 
