@@ -239,6 +239,11 @@ def _worker(cfg_yaml: str, task: str, data: str, resume: bool, eval_only: bool) 
     cfg.set_new_allowed(True)
     cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_yaml))
     register_data(task, data)
+    d2_logger = logging.getLogger("detectron2")  # one set of handlers per run (a suite runs many in one process)
+    for h in list(d2_logger.handlers):
+        d2_logger.removeHandler(h)
+        h.close()
+    getattr(setup_logger, "cache_clear", lambda: None)()
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2")
     if cfg.MODEL.DEVICE == "cpu":  # share the cores between CPU processes
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_world_size()))
