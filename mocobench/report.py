@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 #: Config fields that do not change a number (resources, bookkeeping); left out of the protocol and the hash.
 BOOKKEEPING = frozenset({
     "workers", "device", "chunk_size", "num_procs", "num_machines", "machine_rank", "dist_url", "resume",
-    "eval_only", "stop_at", "warm_start", "derived",
+    "eval_only", "stop_at", "warm_start", "derived", "on_bad_image",
 })
+#: Recipe settings that do not apply to a method (left out of the pretrainings table).
+NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size")}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
 ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
 FAMILIES = {"classification": ("knn", "linear", "finegrained"), "detection": ("voc_det", "coco_det", "coco_instseg")}
@@ -171,7 +173,9 @@ def _per_task_markdown(table: pd.DataFrame) -> list[str]:
 
 
 def _signed(v: float) -> str:
-    return MISSING if pd.isna(v) else f"{v:+.1f}"
+    if pd.isna(v):
+        return MISSING
+    return "0.0" if abs(v) < 0.05 else f"{v:+.1f}"  # no "-0.0" for a difference that rounds to zero
 
 
 def protocols_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -189,6 +193,8 @@ def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
     for name in _row_order(df["pretraining"]):
         sub = df[df["pretraining"] == name].iloc[0]
         recipe = json.loads(sub["recipe"]) or {}
+        for key in NOT_APPLICABLE.get(recipe.get("method"), ()):
+            recipe.pop(key, None)
         if recipe.get("data"):
             recipe["data"] = "/".join(Path(recipe["data"]).parts[-2:])
         rows.append({"pretraining": name, "arch": sub["arch"], "checkpoint": sub["checkpoint"],
@@ -279,9 +285,10 @@ def _swept_value(recipe: dict, key: str):
 
 
 def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
-    """For each recipe setting that differs between pretrainings: the headline score of each task
-    against it, one line per method (the paper's Table 1 / Fig. 3 style). Rows without a recipe
-    (random init, foreign checkpoints) are left out."""
+    """When the pretrainings differ in exactly one recipe setting of ``SWEPT`` (a sweep): the headline
+    score of each task against it, one line per method (the paper's Table 1 / Fig. 3 style). Rows
+    without a recipe (random init, foreign checkpoints) are left out; settings that do not apply to a
+    method are ignored."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,11 +297,15 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
     recipes = {n: json.loads(r) for n, r in df.groupby("pretraining")["recipe"].first().items() if json.loads(r)}
     s = summary(df)
     paths = []
+    swept = {}
     for key in SWEPT:
-        values = {n: _swept_value(r, key) for n, r in recipes.items()}
+        values = {n: _swept_value(r, key) for n, r in recipes.items() if key not in NOT_APPLICABLE.get(r.get("method"), ())}
         values = {n: v for n, v in values.items() if v is not None}
-        if len(set(values.values())) < 2:
-            continue
+        if len(set(values.values())) > 1:
+            swept[key] = values
+    if len(swept) != 1:  # not a sweep (e.g. different recipes compared side by side)
+        return []
+    for key, values in swept.items():
         for task in sorted(s["task"].unique()):
             metric = HEADLINE.get(task.split("@")[0])
             hit = s[(s["task"] == task) & (s["metric"] == metric) & s["pretraining"].isin(values)]
