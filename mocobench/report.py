@@ -301,7 +301,10 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
     for key in SWEPT:
         values = {n: _swept_value(r, key) for n, r in recipes.items() if key not in NOT_APPLICABLE.get(r.get("method"), ())}
         values = {n: v for n, v in values.items() if v is not None}
-        if len(set(values.values())) > 1:
+        per_method: dict[str, set] = {}
+        for n, v in values.items():
+            per_method.setdefault(recipes[n]["method"], set()).add(v)
+        if any(len(vs) > 1 for vs in per_method.values()):  # some method has two or more points
             swept[key] = values
     if len(swept) != 1:  # not a sweep (e.g. different recipes compared side by side)
         return []
