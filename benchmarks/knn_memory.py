@@ -3,7 +3,7 @@
 For each bank size (synthetic L2-normalised features, dim 2048, 10 classes) and implementation, a
 fresh subprocess builds the bank and the queries, then scores the queries; it reports the wall time
 of the scoring and its peak memory above the memory held before scoring (``VmHWM - VmRSS`` from
-/proc). The two implementations alternate (naive, blocked, naive, blocked ...) and must agree.
+/proc, with the peak reset through ``/proc/self/clear_refs`` after the bank is built). The two implementations alternate (naive, blocked, naive, blocked ...) and must agree.
 Writes ``benchmarks/results/knn_memory.{json,md}``.
 
     python benchmarks/knn_memory.py --sizes 10000,100000,1000000 --queries 1000
@@ -33,6 +33,7 @@ labels = torch.randint(10, (n,), generator=g)
 queries = torch.nn.functional.normalize(torch.randn(m, d, generator=g), dim=1)
 def status(key):
     return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024
+open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM: the peak from here on
 before = status('VmRSS:')
 t0 = time.perf_counter()
 if impl == 'naive':

@@ -2,8 +2,8 @@
 cost comparison: end-to-end needs both views through the trained encoder, so it costs more memory).
 
 ResNet-18, 64 px, CPU, fp32. Each (mechanism, batch) runs in a fresh subprocess: ``--steps`` timed
-steps after 2 warm-up steps on pre-made tensors; peak memory is VmHWM minus the resident memory after
-the model and the data were built. Writes ``benchmarks/results/mechanism_cost.{json,md}``.
+steps after 2 warm-up steps on pre-made tensors; peak memory is VmHWM (reset through ``/proc/self/clear_refs``) minus the
+resident memory after the model and the data were built. Writes ``benchmarks/results/mechanism_cost.{json,md}``.
 
     python benchmarks/mechanism_cost.py --batches 64,128,256
 """
@@ -34,6 +34,7 @@ x = torch.randn(batch, 3, 64, 64), torch.randn(batch, 3, 64, 64)
 inputs = (x[0], torch.randperm(9469)[:batch]) if method == "memory_bank" else x
 def status(key):
     return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024
+open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM: the peak from here on
 before = status('VmRSS:')
 for _ in range(2):
     train_step(model, model, inputs, opt, scaler, gen)
