@@ -344,7 +344,7 @@ def _html_delta(table: pd.DataFrame) -> str:
             return ""
         return "color: #1a7f37" if v > 0 else "color: #cf222e"
 
-    return table.style.format(_signed).map(colour).to_html()
+    return table.style.set_uuid("delta").format(_signed).map(colour).to_html()  # fixed ids: same input, same bytes
 
 
 def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supervised", title: str = "") -> Report:
