@@ -123,6 +123,26 @@ def list_tasks() -> None:
             click.echo(f"    {f.name} = {f.default!r}  {f.metadata.get('help', '')}")
 
 
+def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir, baseline: str, title: str = "") -> None:
+    """Run a suite or sweep, then report whatever finished; ``partial_failure`` (some pairs or points
+    failed) and a report error become one ClickException after the report is written."""
+    from mocobench.report import write_report
+    from mocobench.results import ResultsError
+
+    error = None
+    try:
+        run()
+    except partial_failure as e:
+        error = e
+    try:
+        report = write_report([runs_dir], report_dir, baseline, title)
+        logger.info("report: %s", report.out / "report.md")
+    except ResultsError as e:
+        error = error or e
+    if error is not None:
+        raise click.ClickException(str(error))
+
+
 @main.command()
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Suite folder: OUT/<label>/<task>/.")
@@ -143,23 +163,13 @@ def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_di
     from pathlib import Path
 
     from mocobench.log import setup_logging
-    from mocobench.report import write_report
-    from mocobench.results import ResultsError
     from mocobench.suite import SuiteError, run_suite
 
     setup_logging()
-    error = None
-    try:
-        run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch, overrides)
-    except SuiteError as e:
-        error = e
-    try:
-        report = write_report([out], report_dir or Path(out) / "report", baseline)
-        logger.info("report: %s", report.out / "report.md")
-    except ResultsError as e:
-        error = error or e
-    if error is not None:
-        raise click.ClickException(str(error))
+    _run_then_report(
+        lambda: run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch,
+                          overrides),
+        SuiteError, out, report_dir or Path(out) / "report", baseline)
 
 
 @main.command()
@@ -182,25 +192,14 @@ def sweep(name, sweep_out, knn_data, knn_set, points, **options) -> None:
     from mocobench.datasets import DataError
     from mocobench.log import setup_logging
     from mocobench.pretrain.config import ConfigError
-    from mocobench.report import write_report
-    from mocobench.results import ResultsError
     from mocobench.sweep import SweepError, run_sweep
 
     setup_logging()
-    error = None
     try:
-        run_sweep(name, PretrainConfig(out="", **options), sweep_out, knn_data, knn_set, points)
-    except SweepError as e:  # some points failed: the report shows the others
-        error = e
+        _run_then_report(lambda: run_sweep(name, PretrainConfig(out="", **options), sweep_out, knn_data, knn_set, points),
+                         SweepError, sweep_out, Path(sweep_out) / "report", baseline="", title=f"sweep: {name}")
     except (ConfigError, DataError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
-    try:
-        report = write_report([sweep_out], Path(sweep_out) / "report", baseline="", title=f"sweep: {name}")
-        logger.info("report: %s", report.out / "report.md")
-    except ResultsError as e:
-        error = error or e
-    if error is not None:
-        raise click.ClickException(str(error))
 
 
 @main.command()

@@ -7,12 +7,17 @@ import sys
 from pathlib import Path
 
 
+def remove_handlers(logger: logging.Logger) -> None:
+    """Detach and close every handler of ``logger`` (before configuring it again)."""
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
 def setup_logging(rank: int = 0, log_file: Path | None = None, level: int = logging.INFO) -> None:
     """Configure the root logger once per process; optionally mirror rank 0 into ``log_file``."""
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
+    remove_handlers(root)
     fmt = logging.Formatter(
         f"%(asctime)s [%(levelname)s] {'' if rank == 0 else f'[rank{rank}] '}%(name)s: %(message)s",
         datefmt="%H:%M:%S",

@@ -204,13 +204,25 @@ def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------- figures
-def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
-    """One grouped bar chart per task family: headline metric per task, one bar per pretraining (± std)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use, not with the module)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    _pyplot().close(fig)
+    return path
+
+def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
+    """One grouped bar chart per task family: headline metric per task, one bar per pretraining (± std)."""
+    plt = _pyplot()
     s = summary(df)
     paths = []
     for family, tasks in FAMILIES.items():
@@ -234,19 +246,13 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_title(f"{family} transfer")
         ax.legend(fontsize=7, ncols=2)
         fig.tight_layout()
-        path = atomic_write(out / f"fig_{family}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(fig, out / f"fig_{family}.png"))
     return paths
 
 
 def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
     """Loss and kNN monitor against epoch for every pretraining whose checkpoint folder has metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     curves = {}
     for name in _row_order(df["pretraining"]):
         ckpt = Path(df[df["pretraining"] == name]["checkpoint"].iloc[0])
@@ -269,9 +275,7 @@ def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    path = atomic_write(out / "fig_pretraining_curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return _save_figure(fig, out / "fig_pretraining_curves.png")
 
 
 #: Recipe settings that a sweep varies; "negatives" is K (queue or bank samples), or 2N - 2 for end_to_end.
@@ -289,11 +293,7 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
     score of each task against it, one line per method (the paper's Table 1 / Fig. 3 style). Rows
     without a recipe (random init, foreign checkpoints) are left out; settings that do not apply to a
     method are ignored."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     recipes = {n: json.loads(r) for n, r in df.groupby("pretraining")["recipe"].first().items() if json.loads(r)}
     s = summary(df)
     paths = []
@@ -322,9 +322,7 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set(xlabel=key, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
             ax.legend(fontsize=7)
             fig.tight_layout()
-            paths.append(atomic_write(out / f"fig_sweep_{key}_{task.replace('@', '_')}.png",
-                                      lambda f, fig=fig: fig.savefig(f, format="png", dpi=110)))
-            plt.close(fig)
+            paths.append(_save_figure(fig, out / f"fig_sweep_{key}_{task.replace('@', '_')}.png"))
     return paths
 
 
@@ -359,7 +357,7 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
     figures += [curve] if curve else []
 
     title = title or f"mocobench report: {out.name}"
-    md = [f"# {title}", "", f"{len(find_results(roots))} results files; {df['pretraining'].nunique()} pretrainings, "
+    md = [f"# {title}", "", f"{df['path'].nunique()} results files; {df['pretraining'].nunique()} pretrainings, "
           f"{df['task'].nunique()} tasks. Cells: mean over seeds (± std, n seeds when more than one); "
           f"{MISSING} = not run. One table per task (columns: its metrics; rows: pretrainings).", "",
           "## Results", ""]

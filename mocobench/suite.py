@@ -128,14 +128,16 @@ def run_suite(
         if spec.task.endswith(("_det", "_instseg")):
             sets += ("resume=true",)  # continue an interrupted detectron2 run (fresh when there is none)
         logger.info("[%d/%d] %s on %s (%s)", i, total, spec.task, label, source)
+        error = path = None
         try:
             path = run_transfer(spec.task, source, task_out, sets, arch, label)  # logs into task_out/log.txt
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
-            setup_logging(0, out / "suite.log")
-            logger.error("%s on %s failed: %s", spec.task, label, e)
-            failed.append(f"{spec.task} on {label}: {type(e).__name__}: {e}")
-            continue
+            error = e
         setup_logging(0, out / "suite.log")
+        if error is not None:
+            logger.error("%s on %s failed: %s", spec.task, label, error)
+            failed.append(f"{spec.task} on {label}: {type(error).__name__}: {error}")
+            continue
         if path is not None:
             done.append(path)
     if failed:

@@ -73,8 +73,6 @@ def run_sweep(name: str, base: PretrainConfig, out: str | Path, knn_data: str, k
             results.append(knn_results)
             continue
         cfg = dataclasses.replace(base, out=str(run_dir), resume="auto", **changes)
-        if cfg.method in ("moco_v1", "moco_v2") and cfg.queue_size % cfg.batch_size:
-            raise SweepError(f"point {label}: queue size {cfg.queue_size} is not divisible by batch {cfg.batch_size}")
         logger.info("[%d/%d] %s: pretraining into %s", i, len(points), label, run_dir)
         try:
             ckpt = pretrain(cfg)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mocobench import dist
-from mocobench.pretrain.moco import add_mlp_head, contrastive_logits
+from mocobench.pretrain.moco import MoCo, add_mlp_head, contrastive_logits
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -72,10 +72,7 @@ class EndToEnd(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder
 
-    @staticmethod
-    def inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        (im_q, im_k), _ = batch
-        return im_q, im_k
+    inputs = staticmethod(MoCo.inputs)  # ((query view, key view), labels) batches, as MoCo
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None):
         """Shape: (B, 3, H, W) x 2 -> logits (2B, 2B * world), labels (2B,), None."""

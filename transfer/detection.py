@@ -31,6 +31,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from mocobench.datasets import DataError
+from mocobench.log import remove_handlers
 
 logger = logging.getLogger(__name__)
 CONFIGS = Path(__file__).parent / "configs"
@@ -239,10 +240,7 @@ def _worker(cfg_yaml: str, task: str, data: str, resume: bool, eval_only: bool) 
     cfg.set_new_allowed(True)
     cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_yaml))
     register_data(task, data)
-    d2_logger = logging.getLogger("detectron2")  # one set of handlers per run (a suite runs many in one process)
-    for h in list(d2_logger.handlers):
-        d2_logger.removeHandler(h)
-        h.close()
+    remove_handlers(logging.getLogger("detectron2"))  # one set of handlers per run (a suite runs many per process)
     getattr(setup_logger, "cache_clear", lambda: None)()
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2")
     if cfg.MODEL.DEVICE == "cpu":  # share the cores between CPU processes
