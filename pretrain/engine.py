@@ -47,7 +47,7 @@ from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainCo
 from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank
 from mocobench.pretrain.moco import MoCo
 from mocobench.pretrain.schedule import lr_at_epoch
-from mocobench.pretrain.split_bn import SplitBatchNorm
+from mocobench.pretrain.split_bn import split_bn_resnet
 from mocobench.pretrain.supervised import Supervised
 from mocobench.results import package_versions
 
@@ -112,23 +112,19 @@ def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_image
     """The method's module around a torchvision ResNet; BatchNorm2d becomes SplitBatchNorm when
     bn_splits > 1. ``num_classes`` sizes the supervised classifier, ``num_images`` the memory bank."""
     splits = cfg.effective_bn_splits(world)
-    norm = partial(SplitBatchNorm, num_splits=splits) if splits > 1 else nn.BatchNorm2d
     arch = getattr(torchvision.models, cfg.arch)
+
+    def resnet(num_classes: int) -> nn.Module:
+        return split_bn_resnet(arch, splits, num_classes=num_classes) if splits > 1 else arch(num_classes=num_classes)
+
     if cfg.method == "supervised":
-        return Supervised(arch(num_classes=num_classes, norm_layer=norm))
-    encoder_fn = partial(arch, num_classes=cfg.dim, norm_layer=norm)
+        return Supervised(resnet(num_classes))
+    encoder_fn = partial(resnet, cfg.dim)
     if cfg.method == "end_to_end":
         return EndToEnd(encoder_fn, temperature=cfg.moco_t, mlp=cfg.mlp)
     if cfg.method == "memory_bank":
         return MemoryBank(encoder_fn, num_images, cfg.dim, cfg.queue_size, cfg.moco_t, cfg.bank_momentum, cfg.mlp)
-    return MoCo(
-        lambda: arch(num_classes=cfg.dim, norm_layer=norm),
-        dim=cfg.dim,
-        queue_size=cfg.queue_size,
-        m=cfg.moco_m,
-        temperature=cfg.moco_t,
-        mlp=cfg.mlp,
-    )
+    return MoCo(encoder_fn, dim=cfg.dim, queue_size=cfg.queue_size, m=cfg.moco_m, temperature=cfg.moco_t, mlp=cfg.mlp)
 
 
 def _rng_states(shuffle_gen: torch.Generator) -> dict:
@@ -209,8 +205,9 @@ def remove_stale_temporaries(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_resumable(payload: dict, cfg: PretrainConfig, path: Path) -> None:
-    """Refuse to resume from a foreign or newer checkpoint, or with settings that change the maths."""
+def check_resumable(payload: dict, cfg: PretrainConfig, path: Path, world: int = 1) -> None:
+    """Refuse to resume from a foreign or newer checkpoint, or with settings that change the maths.
+    ``bn_splits`` is compared as the number of splits used on ``world`` processes (unset = the default)."""
     fmt = detect_format(payload)
     if fmt != "mocobench":
         raise CheckpointError(
@@ -230,6 +227,8 @@ def check_resumable(payload: dict, cfg: PretrainConfig, path: Path) -> None:
     # A field added after the checkpoint was written counts as its default (older runs never changed it).
     defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
     saved = {k: saved.get(k, defaults.get(k)) for k in current}
+    for c in (saved, current):
+        c["bn_splits"] = dataclasses.replace(cfg, bn_splits=c["bn_splits"]).effective_bn_splits(world)
     diff = {k: (saved[k], v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved[k] != v}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -386,7 +385,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         remove_stale_temporaries(out)
     payload = read_checkpoint(resume_path) if resume_path else None
     if payload is not None:
-        check_resumable(payload, cfg, resume_path)
+        check_resumable(payload, cfg, resume_path, world)
 
     supervised = cfg.method == "supervised"
     images = list_images(cfg.data, labelled=supervised or None, on_bad_image=cfg.on_bad_image)
@@ -400,6 +399,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     else:
         transform = TwoCrops(moco_transform(cfg.aug, cfg.image_size))
     dataset = SeededImageDataset(images, transform)
+    dataset.cache_decoded(cfg.decode_cache_mib)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

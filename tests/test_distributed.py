@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mocobench.checkpoint import read_checkpoint, strip_wrappers
 from mocobench.pretrain.engine import train_step
 from mocobench.pretrain.moco import MoCo
-from mocobench.pretrain.split_bn import SplitBatchNorm
+from mocobench.pretrain.split_bn import split_bn_resnet
 
 pytestmark = pytest.mark.slow
 STEPS, LOCAL_B, WORLD = 3, 4, 2
@@ -54,9 +53,11 @@ def _run(moco: MoCo, model: nn.Module, rank: int, local_b: int):
     return {k: v.clone() for k, v in moco.state_dict().items()}
 
 
-def _moco(norm) -> MoCo:
+def _moco(splits: int = 1) -> MoCo:
     torch.manual_seed(0)
-    moco = MoCo(lambda: torchvision.models.resnet18(num_classes=8, norm_layer=norm), dim=8, queue_size=48, m=0.9)
+    resnet = torchvision.models.resnet18
+    moco = MoCo(lambda: split_bn_resnet(resnet, splits, num_classes=8) if splits > 1 else resnet(num_classes=8),
+                dim=8, queue_size=48, m=0.9)
     return moco.double()
 
 
@@ -64,7 +65,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     tdist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    moco = _moco(nn.BatchNorm2d)
+    moco = _moco()
     state = _run(moco, DistributedDataParallel(moco, forward_sync_buffers=False), rank, LOCAL_B)
     torch.save(state, Path(out) / f"rank{rank}.pt")
     tdist.destroy_process_group()
@@ -77,13 +78,13 @@ def test_two_gloo_processes_keep_equal_queues_and_match_split_bn(tmp_path):
     assert torch.equal(r0["queue"], r1["queue"]), "queues differ across ranks"
     torch.testing.assert_close(r0["encoder_q.fc.weight"], r1["encoder_q.fc.weight"], atol=0, rtol=0)
 
-    moco = _moco(partial(SplitBatchNorm, num_splits=WORLD))
+    moco = _moco(WORLD)
     single = _run(moco, moco, 0, WORLD * LOCAL_B)
     for k, v in r0.items():
         if "running_" in k or "num_batches" in k:
             continue  # rank 0 keeps its own BN statistics; split BN averages the chunks'
         torch.testing.assert_close(v, single[k], atol=1e-9, rtol=0, msg=f"{k} differs")
-    assert not torch.equal(single["queue"][:, : STEPS * WORLD * LOCAL_B], _moco(nn.BatchNorm2d).queue[:, :24])
+    assert not torch.equal(single["queue"][:, : STEPS * WORLD * LOCAL_B], _moco().queue[:, :24])
 
 
 def test_torchrun_cli_equals_one_process_with_split_bn(synth, tmp_path):
