@@ -175,18 +175,39 @@ class SeededImageDataset(Dataset):
 
     Returns ``(transform(image), label)``. The global torch RNG of the calling process is restored
     afterwards, so ``num_workers=0`` does not disturb the training process's RNG.
+    :meth:`cache_decoded` keeps every decoded image in memory (a small data set is then decoded once,
+    not once per epoch); the transform sees the same pixels either way.
     """
 
     def __init__(self, images: ImageList, transform: Callable[[Image.Image], object]) -> None:
         self.images = images
         self.transform = transform
+        self.decoded: list[Image.Image] | None = None
+
+    def cache_decoded(self, max_mib: int) -> bool:
+        """Decode every image once into memory if the RGB pixels (estimated from the first image)
+        fit in ``max_mib`` MiB; returns whether it did. Loader workers forked afterwards share the
+        pixels copy-on-write."""
+        if max_mib <= 0 or not len(self):
+            return False
+        first = load_rgb(self.images.paths[0])
+        need = first.width * first.height * 3 * len(self) / 2**20
+        if need > max_mib:
+            logger.info("decode cache: ~%.0f MiB needed > --decode-cache-mib %d; decoding every epoch", need, max_mib)
+            return False
+        paths = self.images.paths
+        self.decoded = [load_rgb(p) for p in tqdm(paths, desc="decoding", unit="img", mininterval=2.0,
+                                                  disable=len(paths) < 5000)]
+        got = sum(im.width * im.height * 3 for im in self.decoded) / 2**20
+        logger.info("decode cache: %d images decoded once (%.0f MiB)", len(paths), got)
+        return True
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        img = load_rgb(self.images.paths[index])
+        img = self.decoded[index] if self.decoded is not None else load_rgb(self.images.paths[index])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = self.transform(img)

@@ -84,6 +84,9 @@ class PretrainConfig:
     max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
     seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.")
     workers: int = option(4, "Data-loading worker processes per training process (0: load in the main process).")
+    decode_cache_mib: int = option(
+        1024, "Keep the decoded images in memory when they fit in this many MiB (decoded once, not every epoch); 0: never."
+    )
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto uses CUDA when available.")
     amp: Literal["none", "bf16", "fp16"] = option("none", "Mixed precision (fp16 uses a gradient scaler; CUDA only).")
     channels_last: bool = option(False, "Use the channels_last memory format.")
@@ -138,6 +141,8 @@ class PretrainConfig:
             raise ConfigError("--data is required: an ImageFolder tree or a folder of images")
         if not self.out:
             raise ConfigError("--out is required: the folder for checkpoints and metrics")
+        if self.decode_cache_mib < 0:
+            raise ConfigError(f"--decode-cache-mib must be >= 0 (0: no cache), got {self.decode_cache_mib}")
         if self.arch not in ARCHS:
             raise ConfigError(f"--arch {self.arch!r} is not supported; choose one of {', '.join(ARCHS)}")
         for name in ("epochs", "batch_size", "queue_size", "dim", "save_every", "log_every", "knn_every", "knn_k"):
@@ -174,6 +179,6 @@ class PretrainConfig:
 #: Fields that may differ between a run and its resumption: bookkeeping (a run folder may be moved), plus ``epochs`` (to extend a
 #: run) and ``lr`` (to continue past a non-finite loss with a lower rate). A change is logged.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "knn_every", "device", "compile", "data", "out", "on_bad_image",
-     "detect_anomaly"}
+    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "device", "compile", "data", "out",
+     "on_bad_image", "detect_anomaly", "decode_cache_mib", "knn_every", "knn_train", "knn_val", "knn_k", "knn_t"}
 )

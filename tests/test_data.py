@@ -64,6 +64,19 @@ def test_views_are_fixed_by_the_sample_seed_and_leave_the_global_rng_alone(synth
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_decode_cache_gives_the_same_views_and_respects_its_budget(synth):
+    images = list_images(synth / "train")
+    plain = SeededImageDataset(images, TwoCrops(moco_transform("v2", 24)))
+    cached = SeededImageDataset(images, TwoCrops(moco_transform("v2", 24)))
+    assert not cached.cache_decoded(0) and cached.decoded is None
+    assert not cached.cache_decoded(1e-6)  # the estimate does not fit: decode every epoch
+    assert cached.cache_decoded(64) and len(cached.decoded) == len(images)
+    for item in [(0, 1), (3, 2), (len(images) - 1, 99)]:
+        (a1, a2), la = plain[item]
+        (b1, b2), lb = cached[item]
+        assert torch.equal(a1, b1) and torch.equal(a2, b2) and la == lb
+
+
 def test_synthetic_set_is_deterministic_and_refuses_a_non_empty_folder(tmp_path):
     spec = SynthSpec(3, 2, 1, 24, 7)
 
