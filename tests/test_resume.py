@@ -3,17 +3,21 @@ also when stopped mid-epoch and with a different number of data workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import TINY, run_cli
 
 from mocobench.checkpoint import read_checkpoint
+from mocobench.pretrain.config import ConfigError, PretrainConfig
+from mocobench.pretrain.engine import check_resumable
 
 
 def _pretrain(data, out, *extra):
@@ -199,3 +203,16 @@ def test_a_checkpoint_from_before_a_new_option_still_resumes(synth, reference, t
     r = run_cli(["pretrain", "--data", synth / "train", "--out", out, "--epochs", "4", *TINY, "--resume", "auto",
                  "--bank-momentum", "0.9"], expect_ok=False)
     assert "bank_momentum: checkpoint 0.5 vs now 0.9" in r.output
+
+
+def test_bn_splits_compares_by_the_splits_used_and_monitor_settings_may_change(reference):
+    """Unset --bn-splits is 8 on one process: an explicit 8 resumes it, 4 does not."""
+    payload = read_checkpoint(reference / "checkpoint_last.pth")
+    payload["config"]["bn_splits"] = None
+    cfg = PretrainConfig(**{k: v for k, v in payload["config"].items() if k in PretrainConfig.__dataclass_fields__})
+    check_resumable(payload, dataclasses.replace(cfg, bn_splits=8), Path("x.pth"), world=1)
+    # the kNN monitor and the decode cache do not change the training: adding them on resume is fine
+    check_resumable(payload, dataclasses.replace(cfg, knn_train="a", knn_val="b", knn_k=20, decode_cache_mib=0),
+                    Path("x.pth"), world=1)
+    with pytest.raises(ConfigError, match="bn_splits: checkpoint 8 vs now 4"):
+        check_resumable(payload, dataclasses.replace(cfg, bn_splits=4), Path("x.pth"), world=1)
