@@ -6,14 +6,18 @@ MoCo v2 on a ResNet-18 at 64 px, batch 64, K 4096, m 0.99, SGD lr 0.0075. Two me
 
 * ``model``: the training step alone on pre-made tensors (the same random batch every step);
 * ``pipeline``: the step fed by each implementation's own input pipeline over an ImageFolder
-  (``../shared/data/imagenette-sub/train``), with the same number of loader workers.
+  (``../shared/data/imagenette-sub/train``), with the same number of loader workers. mocobench's
+  pipeline keeps the decoded images in memory when they fit (``--decode-cache-mib``, its default);
+  that one-time decode happens in the warm-up and is logged, not timed.
 
 Variants take turns (round-robin, ``--rounds`` times); each turn times ``--steps`` steps after 2
 warm-up steps. Reported: images/s median, min and max over the turns, and the ratio of medians to the
-peer. Writes ``benchmarks/results/pretrain_step.{json,md}``. Needs lightly: run it with
+peer. Writes ``benchmarks/results/<name>.{json,md}``. Needs lightly: run it with
 ``.venv-bench/bin/python`` (``bash benchmarks/setup_bench_env.sh``).
 
     .venv-bench/bin/python benchmarks/pretrain_step.py --rounds 3 --steps 15
+    # on a GPU (benchmarks/gpu_checks.sh step): ResNet-50, 224 px, batch 128, K 65536, AMP variants
+    python benchmarks/pretrain_step.py --device cuda --arch resnet50 --size 224 --batch 128 --queue 65536 --m 0.999 ...
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -40,34 +45,62 @@ from mocobench.pretrain.engine import build_model, train_step
 
 logger = logging.getLogger("bench")
 RESULTS = Path(__file__).parent / "results"
-BATCH, SIZE, K, M, LR = 64, 64, 4096, 0.99, 0.03 * 64 / 256
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting; the defaults are the CPU benchmark of issue 6 (lr 0.03 per 256 images)."""
+
+    device: str = "cpu"
+    arch: str = "resnet18"
+    size: int = 64
+    batch: int = 64
+    queue: int = 4096
+    m: float = 0.99
+
+    @property
+    def lr(self) -> float:
+        return 0.03 * self.batch / 256
+
+    @property
+    def feat_dim(self) -> int:
+        return 512 if self.arch in ("resnet18", "resnet34") else 2048
+
+
+def _autocast(device: str, amp: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
 
 class Peer:
-    """lightly 1.6.0 MoCo v2 (its documented example), one training step per call."""
+    """lightly 1.6.0 MoCo v2 (its documented example), one training step per call; ``amp`` wraps the
+    forward in torch.autocast as a user of lightly would (bf16 needs no gradient scaler)."""
 
-    def __init__(self) -> None:
+    def __init__(self, s: Setting, amp: str = "none") -> None:
         from lightly.loss import NTXentLoss
         from lightly.models.modules import MoCoProjectionHead
         from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-        self.update_momentum = update_momentum
-        resnet = torchvision.models.resnet18()
-        self.backbone = nn.Sequential(*list(resnet.children())[:-1])
-        self.head = MoCoProjectionHead(512, 512, 128)
+        torch.manual_seed(0)
+        self.s, self.amp, self.update_momentum = s, amp, update_momentum
+        resnet = getattr(torchvision.models, s.arch)()
+        self.backbone = nn.Sequential(*list(resnet.children())[:-1]).to(s.device)
+        self.head = MoCoProjectionHead(s.feat_dim, s.feat_dim, 128).to(s.device)
         self.backbone_m, self.head_m = copy.deepcopy(self.backbone), copy.deepcopy(self.head)
         deactivate_requires_grad(self.backbone_m)
         deactivate_requires_grad(self.head_m)
-        self.criterion = NTXentLoss(temperature=0.2, memory_bank_size=(K, 128))
+        self.criterion = NTXentLoss(temperature=0.2, memory_bank_size=(s.queue, 128)).to(s.device)
         params = [*self.backbone.parameters(), *self.head.parameters()]
-        self.opt = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=1e-4)
+        self.opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=1e-4)
 
     def step(self, x_q: torch.Tensor, x_k: torch.Tensor) -> float:
-        self.update_momentum(self.backbone, self.backbone_m, m=M)
-        self.update_momentum(self.head, self.head_m, m=M)
-        q = self.head(self.backbone(x_q).flatten(start_dim=1))
-        k = self.head_m(self.backbone_m(x_k).flatten(start_dim=1)).detach()
-        loss = self.criterion(q, k)
+        x_q, x_k = x_q.to(self.s.device, non_blocking=True), x_k.to(self.s.device, non_blocking=True)
+        self.update_momentum(self.backbone, self.backbone_m, m=self.s.m)
+        self.update_momentum(self.head, self.head_m, m=self.s.m)
+        with _autocast(self.s.device, self.amp):
+            q = self.head(self.backbone(x_q).flatten(start_dim=1))
+            k = self.head_m(self.backbone_m(x_k).flatten(start_dim=1)).detach()
+            loss = self.criterion(q.float(), k.float())
         loss.backward()
         self.opt.step()
         self.opt.zero_grad()
@@ -75,43 +108,70 @@ class Peer:
 
 
 class Ours:
-    """mocobench's MoCo v2 step (``engine.train_step``), default settings or bf16 + channels_last."""
+    """mocobench's MoCo v2 step (``engine.train_step``), default settings or mixed precision + channels_last."""
 
-    def __init__(self, amp: str = "none", channels_last: bool = False) -> None:
-        cfg = PretrainConfig(data="-", out="-", arch="resnet18", batch_size=BATCH, image_size=SIZE, queue_size=K,
-                             moco_m=M, amp=amp, channels_last=channels_last).resolved()
+    def __init__(self, s: Setting, amp: str = "none", channels_last: bool = False, bn_splits: int | None = None) -> None:
+        cfg = PretrainConfig(data="-", out="-", arch=s.arch, batch_size=s.batch, image_size=s.size, queue_size=s.queue,
+                             moco_m=s.m, amp=amp, channels_last=channels_last, bn_splits=bn_splits).resolved()
         torch.manual_seed(0)
-        self.method = build_model(cfg, world=1)
+        self.s = s
+        self.method = build_model(cfg, world=1).to(s.device)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=cfg.scaled_lr(), momentum=0.9, weight_decay=1e-4)
-        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.scaler = torch.amp.GradScaler(s.device, enabled=amp == "fp16")
         self.gen = torch.Generator().manual_seed(1)
         self.amp = amp
 
     def step(self, x_q: torch.Tensor, x_k: torch.Tensor) -> float:
-        inputs = (x_q.contiguous(memory_format=self.fmt), x_k.contiguous(memory_format=self.fmt))
+        inputs = tuple(x.to(self.s.device, non_blocking=True, memory_format=self.fmt) for x in (x_q, x_k))
         return train_step(self.method, self.method, inputs, self.opt, self.scaler, self.gen, self.amp)[0]
 
 
-def peer_batches(root: str, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+#: name -> (implementation, amp, channels_last[, bn_splits]); which ones run is --variants. mocobench
+#: shuffles BN (8 split-BN groups on one process) unless a variant says otherwise; the peer does not.
+VARIANTS: dict[str, tuple] = {
+    "lightly fp32": ("lightly", "none", False),
+    "lightly bf16": ("lightly", "bf16", False),
+    "mocobench fp32": ("mocobench", "none", False),
+    "mocobench fp32 no-shuffle-bn": ("mocobench", "none", False, 1),
+    "mocobench bf16": ("mocobench", "bf16", False),
+    "mocobench bf16+channels_last": ("mocobench", "bf16", True),
+    "mocobench fp16+channels_last": ("mocobench", "fp16", True),
+}
+CPU_VARIANTS = "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last"
+
+
+def build(name: str, s: Setting):
+    impl, amp, cl, *splits = VARIANTS[name]
+    return Peer(s, amp) if impl == "lightly" else Ours(s, amp, cl, *splits)
+
+
+def _loader(ds, s: Setting, workers: int, **kw) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(ds, num_workers=workers, persistent_workers=workers > 0,
+                                       pin_memory=s.device == "cuda", **kw)
+
+
+def peer_batches(root: str, s: Setting, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     from lightly.transforms import MoCoV2Transform
 
-    ds = torchvision.datasets.ImageFolder(root, transform=MoCoV2Transform(input_size=SIZE))
-    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers,
-                                         persistent_workers=workers > 0)
+    ds = torchvision.datasets.ImageFolder(root, transform=MoCoV2Transform(input_size=s.size))
+    loader = _loader(ds, s, workers, batch_size=s.batch, shuffle=True, drop_last=True)
     while True:
         for (x_q, x_k), _ in loader:
             yield x_q, x_k
 
 
-def our_batches(root: str, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def our_batches(root: str, s: Setting, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     images = list_images(root)
-    sampler = EpochBatchSampler(len(images), BATCH, seed=0)
-    loader = torch.utils.data.DataLoader(SeededImageDataset(images, TwoCrops(moco_transform("v2", SIZE))),
-                                         batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    sampler = EpochBatchSampler(len(images), s.batch, seed=0)
+    dataset = SeededImageDataset(images, TwoCrops(moco_transform("v2", s.size)))
+    t0 = time.perf_counter()
+    if dataset.cache_decoded(PretrainConfig.decode_cache_mib):  # as `mocobench pretrain` does by default
+        logger.info("decode cache built in %.1f s (once per run; not in the timed steps)", time.perf_counter() - t0)
+    loader = _loader(dataset, s, workers, batch_sampler=sampler)
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
@@ -120,14 +180,15 @@ def our_batches(root: str, workers: int) -> Iterator[tuple[torch.Tensor, torch.T
         epoch += 1
 
 
-def timed(step: Callable, batches: Iterator, steps: int) -> float:
-    """images/s over ``steps`` steps after 2 warm-up steps (data loading included when ``batches`` loads)."""
+def timed(step: Callable, batches: Iterator, steps: int, s: Setting) -> float:
+    """images/s over ``steps`` steps after 2 warm-up steps (data loading included when ``batches`` loads).
+    ``step`` returns ``loss.item()``, which waits for the device, so the host clock is fair on CUDA."""
     for _ in range(2):
         step(*next(batches))
     t0 = time.perf_counter()
     for _ in range(steps):
         step(*next(batches))
-    return steps * BATCH / (time.perf_counter() - t0)
+    return steps * s.batch / (time.perf_counter() - t0)
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -141,39 +202,54 @@ def stats(xs: list[float]) -> dict[str, float]:
 @click.option("--steps", default=15, show_default=True)
 @click.option("--workers", default=1, show_default=True)
 @click.option("--only", type=click.Choice(["all", "model", "pipeline"]), default="all", show_default=True)
-def main(data: str, rounds: int, steps: int, workers: int, only: str) -> None:
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--size", default=64, show_default=True)
+@click.option("--batch", default=64, show_default=True)
+@click.option("--queue", default=4096, show_default=True)
+@click.option("--m", default=0.99, show_default=True)
+@click.option("--variants", default=CPU_VARIANTS, show_default=True, help=f"Comma-separated: {', '.join(VARIANTS)}.")
+@click.option("--name", default="pretrain_step", show_default=True, help="Results file stem in benchmarks/results/.")
+def main(data: str, rounds: int, steps: int, workers: int, only: str, device: str, arch: str, size: int, batch: int,
+         queue: int, m: float, variants: str, name: str) -> None:
     setup_logging()
+    s = Setting(device, arch, size, batch, queue, m)
+    names = [v.strip() for v in variants.split(",")]
+    peer_name = next(n for n in names if VARIANTS[n][0] == "lightly" and VARIANTS[n][1] == "none")
     g = torch.Generator().manual_seed(0)
-    fixed = (torch.randn(BATCH, 3, SIZE, SIZE, generator=g), torch.randn(BATCH, 3, SIZE, SIZE, generator=g))
+    fixed = tuple(torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
 
     def repeat():
         while True:
             yield fixed
 
-    variants = {"lightly fp32": Peer(), "mocobench fp32": Ours(), "mocobench bf16+channels_last": Ours("bf16", True)}
-    sources = {"lightly fp32": peer_batches, "mocobench fp32": our_batches, "mocobench bf16+channels_last": our_batches}
+    impls = {n: build(n, s) for n in names}
     results: dict[str, dict] = {}
     for mode in ("model", "pipeline"):
         if only not in ("all", mode):
             continue
-        feeds = {name: repeat() if mode == "model" else sources[name](data, workers) for name in variants}
-        runs: dict[str, list[float]] = {name: [] for name in variants}
+        feeds = {n: repeat() if mode == "model" else
+                 (peer_batches if VARIANTS[n][0] == "lightly" else our_batches)(data, s, workers) for n in names}
+        runs: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
-            for name, impl in variants.items():
-                runs[name].append(timed(impl.step, feeds[name], steps))
-                logger.info("%s round %d: %s %.1f images/s", mode, r + 1, name, runs[name][-1])
-        peer = statistics.median(runs["lightly fp32"])
-        results[mode] = {name: {**stats(xs), "ratio_to_peer": round(statistics.median(xs) / peer, 2)}
-                         for name, xs in runs.items()}
-    out = {"command": " ".join(["python", *sys.argv]), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "settings": {"arch": "resnet18", "image_size": SIZE, "batch": BATCH, "K": K, "m": M, "workers": workers,
-                        "rounds": rounds, "steps": steps, "data": data}, "results": results}
+            for n, impl in impls.items():
+                runs[n].append(timed(impl.step, feeds[n], steps, s))
+                logger.info("%s round %d: %s %.1f images/s", mode, r + 1, n, runs[n][-1])
+        peer = statistics.median(runs[peer_name])
+        results[mode] = {n: {**stats(xs), "ratio_to_peer": round(statistics.median(xs) / peer, 2)}
+                         for n, xs in runs.items()}
+    hardware = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    out = {"command": " ".join(["python", *sys.argv]), "hardware": hardware, "torch": torch.__version__,
+           "settings": {**asdict(s), "workers": workers, "rounds": rounds, "steps": steps, "data": data},
+           "results": results}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pretrain_step.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = ["| measurement | implementation | images/s median (min–max) | ratio to lightly |", "|---|---|---|---|"]
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    md = [f"{arch}, {size} px, batch {batch}, K {queue}, m {m}, {hardware}, torch {torch.__version__}, "
+          f"{workers} loader workers; {rounds} rounds of {steps} steps.", "",
+          f"| measurement | implementation | images/s median (min–max) | ratio to {peer_name} |", "|---|---|---|---|"]
     for mode, rows in results.items():
         md += [f"| {mode} | {n} | {r['median']} ({r['min']}–{r['max']}) | {r['ratio_to_peer']} |" for n, r in rows.items()]
-    (RESULTS / "pretrain_step.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     logger.info("results:\n%s", "\n".join(md))
 
 

@@ -1,0 +1,72 @@
+"""Does mixed precision change what pretraining learns? kNN top-1 of fp32 and bf16 runs, several seeds.
+
+The recipe is the ablations' base point (``benchmarks/ablations_cpu.py``: MoCo v2, ResNet-18,
+``cifar10-sub`` at 32 px, batch 64, K 4096, m 0.99, 15 epochs); the score is the kNN monitor after the
+last epoch (k 200, T 0.1, bank ``cifar10-sub/train``, scored on ``cifar10-sub/test``). bf16 counts as
+"within noise" when the difference of the means is inside the spread of the fp32 seeds. Writes
+``benchmarks/results/<name>.{json,md}``; every run resumes.
+
+    python benchmarks/amp_accuracy.py --device cuda --seeds 0,1,2 --amp none,bf16 --name amp_accuracy_gpu
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+import click
+from ablations_cpu import base_config
+
+from mocobench.log import setup_logging
+from mocobench.pretrain.engine import pretrain
+
+logger = logging.getLogger("bench")
+RESULTS = Path(__file__).parent / "results"
+
+
+def final_knn(run: Path) -> float:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind") == "epoch" and "knn_top1" in r][-1]["knn_top1"]
+
+
+@click.command()
+@click.option("--data", default="../shared/data", show_default=True, type=click.Path(path_type=Path))
+@click.option("--runs", default="runs/amp-accuracy", show_default=True, type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--amp", "amps", default="none,bf16", show_default=True)
+@click.option("--epochs", default=15, show_default=True)
+@click.option("--workers", default=1, show_default=True)
+@click.option("--name", default="amp_accuracy", show_default=True, help="Results file stem in benchmarks/results/.")
+def main(data: Path, runs: Path, device: str, seeds: str, amps: str, epochs: int, workers: int, name: str) -> None:
+    setup_logging()
+    base = base_config(data, epochs, workers)
+    scores: dict[str, dict[int, float]] = {}
+    for amp in amps.split(","):
+        for seed in (int(s) for s in seeds.split(",")):
+            run = runs / f"{device}-{amp}-seed{seed}"
+            cfg = dataclasses.replace(base, out=str(run), resume="auto", device=device, amp=amp, seed=seed,
+                                      channels_last=amp != "none")
+            pretrain(cfg)
+            scores.setdefault(amp, {})[seed] = final_knn(run)
+            logger.info("%s seed %d: kNN top-1 %.2f", amp, seed, scores[amp][seed])
+    summary = {amp: {"mean": round(statistics.mean(v.values()), 2),
+                     "std": round(statistics.stdev(v.values()), 2) if len(v) > 1 else None,
+                     "min": round(min(v.values()), 2), "max": round(max(v.values()), 2), "runs": v} for amp, v in scores.items()}
+    out = {"command": " ".join(["python", *sys.argv]), "device": device, "epochs": epochs, "results": summary}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    md = [f"MoCo v2, ResNet-18, cifar10-sub 32 px, {epochs} epochs, {device}; kNN top-1 (%) after the last epoch.", "",
+          "| precision | mean | std | min–max | per seed |", "|---|---|---|---|---|"]
+    md += [f"| {amp} | {r['mean']} | {r['std']} | {r['min']}–{r['max']} | "
+           + ", ".join(f"{s}: {v:.2f}" for s, v in r["runs"].items()) + " |" for amp, r in summary.items()]
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    logger.info("results:\n%s", "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

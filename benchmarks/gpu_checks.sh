@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks, for a session lent a CUDA machine (the `device` tool); CI never runs this.
+# Data travels in .gpudata/ (cifar10-sub and 150 images per class of imagenette-sub/train), the peer's
+# wheel in .whl/ (lightly 1.6.0; the machine's image has its dependencies). Results land in
+# benchmarks/results/*_gpu.* and are copied to $OUT.
+#   usage: bash benchmarks/gpu_checks.sh smoke|step|cost|amp ...
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+D=.gpudata
+for part in "$@"; do
+  case $part in
+  smoke)  # each GPU path once, on real images: AMP fp16 (scaler) and bf16, channels_last, compile, NCCL + resume
+    common="--data $D/cifar10-sub/train --arch resnet18 --image-size 32 --batch-size 64 --queue-size 4096 --workers 4 --device cuda --epochs 2 --log-every 5"
+    mocobench pretrain $common --out /tmp/s-fp16 --amp fp16 --channels-last --max-steps 20 2>&1 | grep -v "it/s" | tail -3
+    # torch 2.11 + CUDA 13 on an H100: a fake-kernel error (first try), then no step in 9 minutes (second)
+    timeout 300 mocobench pretrain $common --out /tmp/s-bf16 --amp bf16 --compile --max-steps 20 > "$OUT/compile.log" 2>&1; echo "compile rc $?"
+    torchrun --nproc_per_node 1 -m mocobench.cli pretrain $common --out /tmp/s-ddp --amp bf16 --max-steps 20 2>&1 | grep -v "it/s" | tail -3
+    torchrun --nproc_per_node 1 -m mocobench.cli pretrain $common --out /tmp/s-ddp --amp bf16 --max-steps 40 \
+      --knn-train $D/cifar10-sub/train --knn-val $D/cifar10-sub/test > "$OUT/ddp_resume.log" 2>&1; echo "ddp resume rc $?"
+    grep -i "resum\|knn\|done" "$OUT/ddp_resume.log" | grep -v "it/s" | tail -4
+    mocobench pretrain $common --out /tmp/s-sup --method supervised --amp bf16 --max-steps 20 2>&1 | grep -v "it/s" | tail -2
+    mocobench transfer --task knn /tmp/s-ddp/checkpoint_last.pth --out /tmp/s-knn --set data=$D/cifar10-sub --set device=cuda 2>&1 | tail -2
+    ;;
+  step)
+    python3 benchmarks/pretrain_step.py --device cuda --arch resnet50 --size 224 --batch 128 --queue 65536 --m 0.999 \
+      --workers 12 --rounds 2 --steps 15 --data $D/imagenette-half/train --name pretrain_step_gpu \
+      --variants "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last" 2>&1 | grep -v "it/s" | tail -16
+    ;;
+  cost)
+    python3 benchmarks/mechanism_cost.py --device cuda --arch resnet50 --size 224 --batches 32,256 --steps 5 --name mechanism_cost_gpu 2>&1 | tail -13
+    ;;
+  amp)
+    python3 benchmarks/amp_accuracy.py --data $D --runs /tmp/amp --device cuda --seeds 0,1 --workers 6 --name amp_accuracy_gpu 2>&1 | grep -v "it/s" | tail -8
+    ;;
+  esac
+  cp benchmarks/results/*_gpu.* "$OUT"/ 2>/dev/null
+done
+exit 0
