@@ -90,7 +90,7 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto uses CUDA when available.")
     amp: Literal["none", "bf16", "fp16"] = option("none", "Mixed precision (fp16 uses a gradient scaler; CUDA only).")
     channels_last: bool = option(False, "Use the channels_last memory format.")
-    compile: bool = option(False, "torch.compile the encoders.")
+    compile: bool = option(False, "torch.compile the encoders (experimental: failed with torch 2.11 on CUDA; see README).")
     save_every: int = option(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).")
     log_every: int = option(10, "Write a step line to metrics.jsonl every N steps.")
     resume: str | None = option(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
