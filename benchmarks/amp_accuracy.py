@@ -1,7 +1,7 @@
 """Does mixed precision change what pretraining learns? kNN top-1 of fp32 and bf16 runs, several seeds.
 
-The recipe is the ablations' base point (``benchmarks/ablations_cpu.py``: MoCo v2, ResNet-18,
-``cifar10-sub`` at 32 px, batch 64, K 4096, m 0.99, 15 epochs); the score is the kNN monitor after the
+The recipe is the ablations' base recipe (``benchmarks/ablations_cpu.py``: MoCo v2, ResNet-18,
+``cifar10-sub`` at 32 px, batch 64, m 0.99, 15 epochs) with K 4096 (``--queue``); the score is the kNN monitor after the
 last epoch (k 200, T 0.1, bank ``cifar10-sub/train``, scored on ``cifar10-sub/test``). bf16 counts as
 "within noise" when the difference of the means is inside the spread of the fp32 seeds. Writes
 ``benchmarks/results/<name>.{json,md}``; every run resumes.
@@ -40,11 +40,13 @@ def final_knn(run: Path) -> float:
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--amp", "amps", default="none,bf16", show_default=True)
 @click.option("--epochs", default=15, show_default=True)
+@click.option("--queue", default=4096, show_default=True)
 @click.option("--workers", default=1, show_default=True)
 @click.option("--name", default="amp_accuracy", show_default=True, help="Results file stem in benchmarks/results/.")
-def main(data: Path, runs: Path, device: str, seeds: str, amps: str, epochs: int, workers: int, name: str) -> None:
+def main(data: Path, runs: Path, device: str, seeds: str, amps: str, epochs: int, queue: int, workers: int,
+         name: str) -> None:
     setup_logging()
-    base = base_config(data, epochs, workers)
+    base = base_config(data, epochs, workers, queue)
     scores: dict[str, dict[int, float]] = {}
     for amp in amps.split(","):
         for seed in (int(s) for s in seeds.split(",")):
@@ -60,7 +62,7 @@ def main(data: Path, runs: Path, device: str, seeds: str, amps: str, epochs: int
     out = {"command": " ".join(["python", *sys.argv]), "device": device, "epochs": epochs, "results": summary}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"MoCo v2, ResNet-18, cifar10-sub 32 px, {epochs} epochs, {device}; kNN top-1 (%) after the last epoch.", "",
+    md = [f"MoCo v2, ResNet-18, cifar10-sub 32 px, K {queue}, {epochs} epochs, {device}; kNN top-1 (%) after the last epoch.", "",
           "| precision | mean | std | min–max | per seed |", "|---|---|---|---|---|"]
     md += [f"| {amp} | {r['mean']} | {r['std']} | {r['min']}–{r['max']} | "
            + ", ".join(f"{s}: {v:.2f}" for s, v in r["runs"].items()) + " |" for amp, r in summary.items()]
