@@ -104,7 +104,7 @@ def main(data: Path, runs: Path, out: Path, epochs: int, queue: int, workers: in
         logger.info("report: %s", report.out / "report.md")
     out.mkdir(parents=True, exist_ok=True)
     for name in ("mechanism_cost", "mechanism_cost_gpu"):  # benchmarks/mechanism_cost.py, CPU and a lent GPU
-        if (RESULTS / f"{name}.md").exists():
+        if "negatives" in (sweeps or ORDER) and (RESULTS / f"{name}.md").exists():
             shutil.copyfile(RESULTS / f"{name}.md", out / f"{name.replace('mechanism_', '')}.md")
 
 

@@ -315,10 +315,20 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
             if hit.empty:
                 continue
             fig, ax = plt.subplots(figsize=(5, 3.2))
+            xs = sorted({values[n] for n in hit["pretraining"]})
+            # Sizes spanning a decade or more (K, batch) on a log2 axis; other settings (m) one slot each.
+            log_axis = all(isinstance(v, int | float) and v > 0 for v in xs) and max(xs) >= 10 * min(xs)
             for method in sorted({recipes[n]["method"] for n in hit["pretraining"]}):
                 pts = sorted((values[n], m) for n, m in zip(hit["pretraining"], hit["mean"], strict=True)
                              if recipes[n]["method"] == method)
-                ax.plot([str(v) for v, _ in pts], [m for _, m in pts], marker="o", label=method)
+                ax.plot([v if log_axis else xs.index(v) for v, _ in pts], [m for _, m in pts], marker="o", label=method)
+            if log_axis:
+                from matplotlib.ticker import ScalarFormatter
+
+                ax.set_xscale("log", base=2)
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+            else:
+                ax.set_xticks(range(len(xs)), [str(v) for v in xs])
             ax.set(xlabel=key, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
             ax.legend(fontsize=7)
             fig.tight_layout()
