@@ -22,6 +22,7 @@ import click
 from ablations_cpu import base_config
 
 from mocobench.log import setup_logging
+from mocobench.metrics import read_metrics
 from mocobench.pretrain.engine import pretrain
 
 logger = logging.getLogger("bench")
@@ -29,7 +30,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def final_knn(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run / "metrics.jsonl")
     return [r for r in rows if r.get("kind") == "epoch" and "knn_top1" in r][-1]["knn_top1"]
 
 

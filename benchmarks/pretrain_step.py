@@ -41,7 +41,7 @@ from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_image
 from mocobench.log import setup_logging
 from mocobench.pretrain.augment import TwoCrops, moco_transform
 from mocobench.pretrain.config import PretrainConfig
-from mocobench.pretrain.engine import build_model, train_step
+from mocobench.pretrain.engine import _autocast, build_model, train_step
 
 logger = logging.getLogger("bench")
 RESULTS = Path(__file__).parent / "results"
@@ -65,11 +65,6 @@ class Setting:
     @property
     def feat_dim(self) -> int:
         return 512 if self.arch in ("resnet18", "resnet34") else 2048
-
-
-def _autocast(device: str, amp: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
 
 class Peer:
@@ -97,7 +92,7 @@ class Peer:
         x_q, x_k = x_q.to(self.s.device, non_blocking=True), x_k.to(self.s.device, non_blocking=True)
         self.update_momentum(self.backbone, self.backbone_m, m=self.s.m)
         self.update_momentum(self.head, self.head_m, m=self.s.m)
-        with _autocast(self.s.device, self.amp):
+        with _autocast(torch.device(self.s.device), self.amp):
             q = self.head(self.backbone(x_q).flatten(start_dim=1))
             k = self.head_m(self.backbone_m(x_k).flatten(start_dim=1)).detach()
             loss = self.criterion(q.float(), k.float())

@@ -196,8 +196,8 @@ class SeededImageDataset(Dataset):
             logger.info("decode cache: ~%.0f MiB needed > --decode-cache-mib %d; decoding every epoch", need, max_mib)
             return False
         paths = self.images.paths
-        self.decoded = [load_rgb(p) for p in tqdm(paths, desc="decoding", unit="img", mininterval=2.0,
-                                                  disable=len(paths) < 5000)]
+        self.decoded = [first, *(load_rgb(p) for p in tqdm(paths[1:], desc="decoding", unit="img", mininterval=2.0,
+                                                           disable=len(paths) < 5000))]
         got = sum(im.width * im.height * 3 for im in self.decoded) / 2**20
         logger.info("decode cache: %d images decoded once (%.0f MiB)", len(paths), got)
         return True

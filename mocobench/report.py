@@ -220,6 +220,7 @@ def _save_figure(fig, path: Path) -> Path:
     _pyplot().close(fig)
     return path
 
+
 def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
     """One grouped bar chart per task family: headline metric per task, one bar per pretraining (± std)."""
     plt = _pyplot()

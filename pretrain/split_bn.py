@@ -27,6 +27,11 @@ def _check(n: int, s: int) -> None:
         raise ValueError(f"SplitBatchNorm: batch {n} is not divisible by num_splits={s}")
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out NHWC (not also NCHW-contiguous, as a 1x1 map would be)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with per-group statistics in training (group j: samples j, j+s, j+2s, ...).
     Shape: (N, C, H, W), N % num_splits == 0."""
@@ -41,7 +46,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         n, c, h, w = x.shape
         _check(n, s)
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = _channels_last(x)
         # Group j's channels become channels j*C .. (j+1)*C - 1: a view of NCHW memory (a copy otherwise).
         xs = x.reshape(n // s, s * c, h, w)
         # BatchNorm2d's own rule for the running-average factor.
@@ -61,9 +66,7 @@ def interleave(x: torch.Tensor, s: int) -> torch.Tensor:
     """Row ``i * s + j`` of the result is row ``i`` of chunk ``j``. Shape: (N, ...) -> (N, ...)."""
     _check(x.shape[0], s)
     out = x.reshape(s, x.shape[0] // s, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    return out.contiguous(memory_format=torch.channels_last) if _channels_last(x) else out
 
 
 def deinterleave(x: torch.Tensor, s: int) -> torch.Tensor:
