@@ -62,6 +62,9 @@ def test_views_are_fixed_by_the_sample_seed_and_leave_the_global_rng_alone(synth
     assert torch.equal(a1, b1) and torch.equal(a2, b2) and not torch.equal(a1, a2) and not torch.equal(a1, c1)
     assert a1.shape == (3, 24, 24)
     assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(42)  # the documented meaning of a sample seed
+    r1, r2 = ds.transform(load_rgb(ds.images.paths[5]))
+    assert torch.equal(r1, a1) and torch.equal(r2, a2)
 
 
 def test_decode_cache_gives_the_same_views_and_respects_its_budget(synth):
