@@ -39,9 +39,8 @@ from torch import nn
 
 from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
 from mocobench.log import setup_logging
-from mocobench.pretrain.augment import TwoCrops, moco_transform
 from mocobench.pretrain.config import PretrainConfig
-from mocobench.pretrain.engine import _autocast, build_model, train_step
+from mocobench.pretrain.engine import _autocast, build_model, train_step, training_views
 
 logger = logging.getLogger("bench")
 RESULTS = Path(__file__).parent / "results"
@@ -125,23 +124,39 @@ class Ours:
         return train_step(self.method, self.method, inputs, self.opt, self.scaler, self.gen, self.amp)[0]
 
 
-#: name -> (implementation, amp, channels_last[, bn_splits]); which ones run is --variants. mocobench
-#: shuffles BN (8 split-BN groups on one process) unless a variant says otherwise; the peer does not.
-VARIANTS: dict[str, tuple] = {
-    "lightly fp32": ("lightly", "none", False),
-    "lightly bf16": ("lightly", "bf16", False),
-    "mocobench fp32": ("mocobench", "none", False),
-    "mocobench fp32 no-shuffle-bn": ("mocobench", "none", False, 1),
-    "mocobench bf16": ("mocobench", "bf16", False),
-    "mocobench bf16+channels_last": ("mocobench", "bf16", True),
-    "mocobench fp16+channels_last": ("mocobench", "fp16", True),
+@dataclass(frozen=True)
+class Variant:
+    """One implementation and its settings. mocobench shuffles BN (8 split-BN groups on one process)
+    unless ``bn_splits`` says otherwise; the peer does not. ``aug_backend`` is mocobench's
+    ``--aug-backend`` (it only changes the pipeline measurement)."""
+
+    impl: str
+    amp: str = "none"
+    channels_last: bool = False
+    bn_splits: int | None = None
+    aug_backend: str = "pil"
+
+
+#: which ones run is --variants
+VARIANTS: dict[str, Variant] = {
+    "lightly fp32": Variant("lightly"),
+    "lightly bf16": Variant("lightly", "bf16"),
+    "mocobench fp32": Variant("mocobench"),
+    "mocobench fp32 no-shuffle-bn": Variant("mocobench", bn_splits=1),
+    "mocobench bf16": Variant("mocobench", "bf16"),
+    "mocobench bf16+channels_last": Variant("mocobench", "bf16", True),
+    "mocobench bf16 tensor-aug": Variant("mocobench", "bf16", aug_backend="tensor"),
+    "mocobench fp32 tensor-aug": Variant("mocobench", aug_backend="tensor"),
+    "mocobench bf16+channels_last tensor-aug": Variant("mocobench", "bf16", True, aug_backend="tensor"),
+    "mocobench fp16+channels_last": Variant("mocobench", "fp16", True),
 }
-CPU_VARIANTS = "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last"
+CPU_VARIANTS = ("lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last,"
+                "mocobench fp32 tensor-aug,mocobench bf16 tensor-aug")
 
 
 def build(name: str, s: Setting):
-    impl, amp, cl, *splits = VARIANTS[name]
-    return Peer(s, amp) if impl == "lightly" else Ours(s, amp, cl, *splits)
+    v = VARIANTS[name]
+    return Peer(s, v.amp) if v.impl == "lightly" else Ours(s, v.amp, v.channels_last, v.bn_splits)
 
 
 def _loader(ds, s: Setting, workers: int, **kw) -> torch.utils.data.DataLoader:
@@ -159,14 +174,15 @@ def peer_batches(root: str, s: Setting, workers: int) -> Iterator[tuple[torch.Te
             yield x_q, x_k
 
 
-def our_batches(root: str, s: Setting, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def our_batches(root: str, s: Setting, workers: int, backend: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     images = list_images(root)
     sampler = EpochBatchSampler(len(images), s.batch, seed=0)
-    dataset = SeededImageDataset(images, TwoCrops(moco_transform("v2", s.size)))
+    transform, collate = training_views("moco_v2", "v2", s.size, backend)  # as `mocobench pretrain`
+    dataset = SeededImageDataset(images, transform)
     t0 = time.perf_counter()
     if dataset.cache_decoded(PretrainConfig.decode_cache_mib):  # as `mocobench pretrain` does by default
         logger.info("decode cache built in %.1f s (once per run; not in the timed steps)", time.perf_counter() - t0)
-    loader = _loader(dataset, s, workers, batch_sampler=sampler)
+    loader = _loader(dataset, s, workers, batch_sampler=sampler, collate_fn=collate)
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
@@ -210,7 +226,7 @@ def main(data: str, rounds: int, steps: int, workers: int, only: str, device: st
     setup_logging()
     s = Setting(device, arch, size, batch, queue, m)
     names = [v.strip() for v in variants.split(",")]
-    peer_name = next(n for n in names if VARIANTS[n][0] == "lightly" and VARIANTS[n][1] == "none")
+    peer_name = next(n for n in names if VARIANTS[n] == Variant("lightly"))
     g = torch.Generator().manual_seed(0)
     fixed = tuple(torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
 
@@ -223,8 +239,8 @@ def main(data: str, rounds: int, steps: int, workers: int, only: str, device: st
     for mode in ("model", "pipeline"):
         if only not in ("all", mode):
             continue
-        feeds = {n: repeat() if mode == "model" else
-                 (peer_batches if VARIANTS[n][0] == "lightly" else our_batches)(data, s, workers) for n in names}
+        feeds = {n: repeat() if mode == "model" else peer_batches(data, s, workers) if VARIANTS[n].impl == "lightly"
+                 else our_batches(data, s, workers, VARIANTS[n].aug_backend) for n in names}
         runs: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
             for n, impl in impls.items():

@@ -26,10 +26,13 @@ class RandomGaussianBlur:
     def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
         self.sigma = sigma
 
-    def __call__(self, img: Image.Image) -> Image.Image:
+    def draw_sigma(self) -> float:
+        """One draw from torch's RNG (also used by :mod:`~mocobench.pretrain.batch_augment`)."""
         lo, hi = self.sigma
-        sigma = lo + (hi - lo) * float(torch.rand(()))
-        return img.filter(ImageFilter.GaussianBlur(radius=sigma))
+        return lo + (hi - lo) * float(torch.rand(()))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.filter(ImageFilter.GaussianBlur(radius=self.draw_sigma()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma})"

@@ -84,6 +84,10 @@ class PretrainConfig:
     max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
     seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.")
     workers: int = option(4, "Data-loading worker processes per training process (0: load in the main process).")
+    aug_backend: Literal["pil", "tensor"] = option(
+        "pil", "How the contrastive views are made: pil (the official per-image pipeline) or tensor (the same random "
+        "draws and crop, then colour jitter, grayscale, blur and flip as batched tensor ops in the loader; within "
+        "~1.5/255 of pil per pixel and faster: see README). Not for supervised.")
     decode_cache_mib: int = option(
         1024, "Keep the decoded images in memory when they fit in this many MiB (decoded once, not every epoch); 0: never."
     )
@@ -172,6 +176,9 @@ class PretrainConfig:
             raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
         if (self.knn_train is None) != (self.knn_val is None):
             raise ConfigError("--knn-train and --knn-val go together (the bank and the scored split)")
+        if self.aug_backend == "tensor" and self.method == "supervised":
+            raise ConfigError("--aug-backend tensor makes the contrastive views; --method supervised uses the "
+                              "linear protocol's PIL transform (leave --aug-backend at pil)")
         if self.amp == "fp16" and self.device == "cpu":
             raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
 

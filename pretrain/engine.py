@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,7 @@ from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
 from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
+from mocobench.pretrain.batch_augment import CollateViews, TensorViews
 from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainConfig
 from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank
 from mocobench.pretrain.moco import MoCo
@@ -365,6 +367,19 @@ def _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out: Path, peri
         atomic_save(payload, out / f"checkpoint_{progress.epoch:04d}.pth")
 
 
+def training_views(method: str, aug: str, image_size: int, backend: str) -> tuple[Callable, Callable | None]:
+    """The per-sample transform and the loader's ``collate_fn`` (None: the default) of a method's views:
+    one labelled view (supervised, PIL), one view (memory_bank) or two (MoCo, end_to_end), made by the
+    PIL pipeline or by :mod:`~mocobench.pretrain.batch_augment` (``backend="tensor"``)."""
+    if method == "supervised":
+        return linear_train_transform(image_size), None
+    views = 1 if method == "memory_bank" else 2
+    if backend == "tensor":
+        return TensorViews(aug, image_size, views), CollateViews(aug, image_size)
+    transform = moco_transform(aug, image_size)
+    return (transform if views == 1 else TwoCrops(transform)), None
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) a MoCo or supervised pretraining; returns the path of the last checkpoint."""
     cfg = cfg.resolved()
@@ -391,13 +406,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     images = list_images(cfg.data, labelled=supervised or None, on_bad_image=cfg.on_bad_image)
     local_batch = cfg.per_process_batch(world)
     sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
-    if supervised:
-        transform = linear_train_transform(cfg.image_size)
-    elif cfg.method == "memory_bank":  # one view; the batch carries image indices in place of labels
-        transform = moco_transform(cfg.aug, cfg.image_size)
+    if cfg.method == "memory_bank":  # the batch carries image indices in place of labels
         images = dataclasses.replace(images, labels=tuple(range(len(images))))
-    else:
-        transform = TwoCrops(moco_transform(cfg.aug, cfg.image_size))
+    transform, collate = training_views(cfg.method, cfg.aug, cfg.image_size, cfg.aug_backend)
     dataset = SeededImageDataset(images, transform)
     dataset.cache_decoded(cfg.decode_cache_mib)
     loader = DataLoader(
@@ -406,6 +417,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
+        collate_fn=collate,
     )
 
     torch.manual_seed(cfg.seed)
