@@ -2,13 +2,14 @@
 
 The peer is built from lightly's documented parts (``MoCoProjectionHead``, ``update_momentum``,
 ``NTXentLoss`` with a 4096-entry memory bank, ``MoCoV2Transform``), as in its MoCo example. Both run
-MoCo v2 on a ResNet-18 at 64 px, batch 64, K 4096, m 0.99, SGD lr 0.0075. Two measurements:
+MoCo v2 on a ResNet-18 at 64 px, batch 64, K 4096, m 0.99, SGD lr 0.0075. Three measurements:
 
 * ``model``: the training step alone on pre-made tensors (the same random batch every step);
 * ``pipeline``: the step fed by each implementation's own input pipeline over an ImageFolder
   (``../shared/data/imagenette-sub/train``), with the same number of loader workers. mocobench's
   pipeline keeps the decoded images in memory when they fit (``--decode-cache-mib``, its default);
-  that one-time decode happens in the warm-up and is logged, not timed.
+  that one-time decode happens in the warm-up and is logged, not timed;
+* ``loader``: each distinct input pipeline alone (no training step), images/s it can deliver.
 
 Variants take turns (round-robin, ``--rounds`` times); each turn times ``--steps`` steps after 2
 warm-up steps. Reported: images/s median, min and max over the turns, and the ratio of medians to the
@@ -151,7 +152,12 @@ VARIANTS: dict[str, Variant] = {
     "mocobench fp16+channels_last": Variant("mocobench", "fp16", True),
 }
 CPU_VARIANTS = ("lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last,"
-                "mocobench fp32 tensor-aug,mocobench bf16 tensor-aug")
+                "mocobench fp32 tensor-aug,mocobench bf16 tensor-aug,mocobench bf16+channels_last tensor-aug")
+
+
+def pipeline_name(name: str) -> str:
+    v = VARIANTS[name]
+    return "lightly" if v.impl == "lightly" else f"mocobench {v.aug_backend}"
 
 
 def build(name: str, s: Setting):
@@ -193,7 +199,8 @@ def our_batches(root: str, s: Setting, workers: int, backend: str) -> Iterator[t
 
 def timed(step: Callable, batches: Iterator, steps: int, s: Setting) -> float:
     """images/s over ``steps`` steps after 2 warm-up steps (data loading included when ``batches`` loads).
-    ``step`` returns ``loss.item()``, which waits for the device, so the host clock is fair on CUDA."""
+    ``step`` returns ``loss.item()``, which waits for the device, so the host clock is fair on CUDA (or
+    does nothing: the loader alone)."""
     for _ in range(2):
         step(*next(batches))
     t0 = time.perf_counter()
@@ -212,7 +219,7 @@ def stats(xs: list[float]) -> dict[str, float]:
 @click.option("--rounds", default=3, show_default=True)
 @click.option("--steps", default=15, show_default=True)
 @click.option("--workers", default=1, show_default=True)
-@click.option("--only", type=click.Choice(["all", "model", "pipeline"]), default="all", show_default=True)
+@click.option("--only", type=click.Choice(["all", "model", "pipeline", "loader"]), default="all", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--arch", default="resnet18", show_default=True)
 @click.option("--size", default=64, show_default=True)
@@ -235,20 +242,33 @@ def main(data: str, rounds: int, steps: int, workers: int, only: str, device: st
             yield fixed
 
     impls = {n: build(n, s) for n in names}
+
+    def feed(n: str) -> Iterator:
+        v = VARIANTS[n]
+        return peer_batches(data, s, workers) if v.impl == "lightly" else our_batches(data, s, workers, v.aug_backend)
+
+    def no_step(*batch) -> None:
+        return None
+
     results: dict[str, dict] = {}
-    for mode in ("model", "pipeline"):
+    for mode in ("model", "pipeline", "loader"):
         if only not in ("all", mode):
             continue
-        feeds = {n: repeat() if mode == "model" else peer_batches(data, s, workers) if VARIANTS[n].impl == "lightly"
-                 else our_batches(data, s, workers, VARIANTS[n].aug_backend) for n in names}
-        runs: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(rounds):
-            for n, impl in impls.items():
-                runs[n].append(timed(impl.step, feeds[n], steps, s))
-                logger.info("%s round %d: %s %.1f images/s", mode, r + 1, n, runs[n][-1])
-        peer = statistics.median(runs[peer_name])
-        results[mode] = {n: {**stats(xs), "ratio_to_peer": round(statistics.median(xs) / peer, 2)}
-                         for n, xs in runs.items()}
+        if mode == "loader":  # one row per distinct input pipeline, named after it
+            rows = {pipeline_name(n): n for n in names}
+            steppers, feeds, peer_row = {r: no_step for r in rows}, {r: feed(n) for r, n in rows.items()}, "lightly"
+        else:  # the augmentation backend changes nothing in the model step: those variants sit it out
+            rows = [n for n in names if mode == "pipeline" or VARIANTS[n].aug_backend == "pil"]
+            steppers, peer_row = {n: impls[n].step for n in rows}, peer_name
+            feeds = {n: repeat() if mode == "model" else feed(n) for n in rows}
+        runs: dict[str, list[float]] = {r: [] for r in steppers}
+        for i in range(rounds):
+            for r, step in steppers.items():
+                runs[r].append(timed(step, feeds[r], steps, s))
+                logger.info("%s round %d: %s %.1f images/s", mode, i + 1, r, runs[r][-1])
+        peer = statistics.median(runs[peer_row])
+        results[mode] = {r: {**stats(xs), "ratio_to_peer": round(statistics.median(xs) / peer, 2)}
+                         for r, xs in runs.items()}
     hardware = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     out = {"command": " ".join(["python", *sys.argv]), "hardware": hardware, "torch": torch.__version__,
            "settings": {**asdict(s), "workers": workers, "rounds": rounds, "steps": steps, "data": data},
