@@ -145,6 +145,7 @@ VARIANTS: dict[str, Variant] = {
     "mocobench fp32": Variant("mocobench"),
     "mocobench fp32 no-shuffle-bn": Variant("mocobench", bn_splits=1),
     "mocobench bf16": Variant("mocobench", "bf16"),
+    "mocobench bf16 no-shuffle-bn": Variant("mocobench", "bf16", bn_splits=1),
     "mocobench bf16+channels_last": Variant("mocobench", "bf16", True),
     "mocobench bf16 tensor-aug": Variant("mocobench", "bf16", aug_backend="tensor"),
     "mocobench fp32 tensor-aug": Variant("mocobench", aug_backend="tensor"),

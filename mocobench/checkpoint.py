@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 
 from mocobench.atomic import atomic_write
+from mocobench.layers import fast_maxpool
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0) ->
         if arch is None:
             raise CheckpointError("a 'random' backbone needs an architecture (e.g. resnet50)")
         torch.manual_seed(seed)
-        model = getattr(torchvision.models, arch)()
+        model = fast_maxpool(getattr(torchvision.models, arch)())
         model.fc = nn.Identity()
         return model, BackboneInfo("random", "random", arch, "random", 0, None)
     obj = read_checkpoint(source)
@@ -172,7 +173,7 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0) ->
     found = found or infer_resnet_arch(sd)
     if arch is not None and arch != found:
         raise CheckpointError(f"checkpoint {source} holds a {found}, but {arch} was asked for")
-    model = getattr(torchvision.models, found)()
+    model = fast_maxpool(getattr(torchvision.models, found)())
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if set(missing) != {"fc.weight", "fc.bias"} or unexpected:
         raise CheckpointError(

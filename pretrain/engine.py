@@ -41,6 +41,7 @@ from mocobench.checkpoint import (
 )
 from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
 from mocobench.evaluators.knn import KnnEvaluator
+from mocobench.layers import fast_maxpool
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
 from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
@@ -117,7 +118,8 @@ def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_image
     arch = getattr(torchvision.models, cfg.arch)
 
     def resnet(num_classes: int) -> nn.Module:
-        return split_bn_resnet(arch, splits, num_classes=num_classes) if splits > 1 else arch(num_classes=num_classes)
+        net = split_bn_resnet(arch, splits, num_classes=num_classes) if splits > 1 else arch(num_classes=num_classes)
+        return fast_maxpool(net)
 
     if cfg.method == "supervised":
         return Supervised(resnet(num_classes))
