@@ -29,7 +29,7 @@ for part in "$@"; do
   step)
     python3 benchmarks/pretrain_step.py --device cuda --arch resnet50 --size 224 --batch 128 --queue 65536 --m 0.999 \
       --workers 12 --rounds 2 --steps 15 --data $D/imagenette-half/train --name pretrain_step_gpu \
-      --variants "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last" 2>&1 | grep -v "it/s" | tail -16
+      --variants "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last,mocobench bf16 tensor-aug" 2>&1 | grep -v "it/s" | tail -20
     ;;
   cost)
     python3 benchmarks/mechanism_cost.py --device cuda --arch resnet50 --size 224 --batches 32,256 --steps 5 --name mechanism_cost_gpu 2>&1 | tail -13
