@@ -52,8 +52,8 @@ def test_jitter_ops_match_torchvision_per_image():
         torch.testing.assert_close(B.adjust_hue(x[i : i + 1], h[i : i + 1])[0], TF.adjust_hue(x[i], h[i].item()),
                                    atol=1e-5, rtol=0)
         # torchvision's tensor grey level weighs red 0.2989, PIL (and this module) 0.299
-        for ours, theirs in [(B.adjust_brightness, TF.adjust_brightness), (B.adjust_contrast, TF.adjust_contrast),
-                             (B.adjust_saturation, TF.adjust_saturation)]:
+        for ours, theirs in [(B.adjust_brightness_, TF.adjust_brightness), (B.adjust_contrast_, TF.adjust_contrast),
+                             (B.adjust_saturation_, TF.adjust_saturation)]:
             torch.testing.assert_close(ours(x[i : i + 1].clone(), f[i : i + 1])[0], theirs(x[i], f[i].item()),
                                        atol=1e-4, rtol=0)
 
