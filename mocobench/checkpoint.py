@@ -139,7 +139,7 @@ class BackboneInfo:
 
 #: The pretraining settings copied from a mocobench checkpoint into every results file.
 RECIPE_KEYS = ("method", "arch", "data", "epochs", "batch_size", "lr", "lr_schedule", "image_size",
-               "queue_size", "moco_m", "moco_t", "mlp", "aug", "bn_splits", "seed")
+               "queue_size", "moco_m", "moco_t", "mlp", "aug", "bn_splits", "seed", "amp", "aug_backend")
 
 
 def backbone_state_dict(obj: dict, fmt: str) -> dict[str, torch.Tensor]:

@@ -31,6 +31,8 @@ BOOKKEEPING = frozenset({
 })
 #: Recipe settings that do not apply to a method (left out of the pretrainings table).
 NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size")}
+#: Speed settings shown in the recipes table only when they are not at their default.
+QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil"}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
 ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
 FAMILIES = {"classification": ("knn", "linear", "finegrained"), "detection": ("voc_det", "coco_det", "coco_instseg")}
@@ -195,6 +197,7 @@ def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
         recipe = json.loads(sub["recipe"]) or {}
         for key in NOT_APPLICABLE.get(recipe.get("method"), ()):
             recipe.pop(key, None)
+        recipe = {k: v for k, v in recipe.items() if QUIET_DEFAULTS.get(k, object()) != v}
         if recipe.get("data"):
             recipe["data"] = "/".join(Path(recipe["data"]).parts[-2:])
         rows.append({"pretraining": name, "arch": sub["arch"], "checkpoint": sub["checkpoint"],

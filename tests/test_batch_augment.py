@@ -12,6 +12,7 @@ from helpers import TINY, run_cli
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from mocobench.checkpoint import load_backbone
 from mocobench.datasets import list_images, load_rgb
 from mocobench.pretrain import batch_augment as B
 from mocobench.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, moco_transform
@@ -117,5 +118,6 @@ def test_pretraining_with_the_tensor_backend_resumes_exactly(synth, tmp_path):
     whole = run(tmp_path / "a")
     run(tmp_path / "b", "--max-steps", "3", "--workers", "2")
     assert run(tmp_path / "b", "--resume", "auto") == whole  # stopped mid-epoch, other worker count
+    assert load_backbone(tmp_path / "b" / "checkpoint_last.pth")[1].recipe["aug_backend"] == "tensor"  # in reports
     run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "c", "--epochs", "1", *TINY,
              "--aug-backend", "tensor", "--method", "memory_bank", "--queue-size", "32", "--max-steps", "1"])

@@ -17,7 +17,7 @@ from helpers import TINY, run_cli
 from mocobench.checkpoint import load_backbone, read_checkpoint
 from mocobench.pretrain.engine import train_step
 from mocobench.pretrain.supervised import Supervised
-from mocobench.report import MISSING, collect, delta, formatted_pivot, write_report
+from mocobench.report import MISSING, collect, delta, formatted_pivot, recipes_table, write_report
 from mocobench.results import ResultsError
 from mocobench.synth import SynthSpec, write_synthetic_classification
 from mocobench.synth_det import SynthDetSpec, write_synthetic_detection
@@ -166,3 +166,15 @@ def test_killed_suite_resumes_without_redoing_finished_tasks(demo_data, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert "knn on random: done already" in done.stdout + done.stderr
     assert knn.stat().st_mtime_ns == stamp and (out / "random" / "voc_det" / "results.json").exists()
+
+
+def test_recipes_table_shows_the_speed_settings_only_off_their_defaults():
+    def row(name, **kw):
+        recipe = {"method": "moco_v2", "arch": "resnet18", "epochs": 1, "amp": "none", "aug_backend": "pil", **kw}
+        return {"pretraining": name, "arch": "resnet18", "checkpoint": f"{name}.pth", "checkpoint_epoch": 1,
+                "recipe": json.dumps(recipe)}
+
+    table = recipes_table(pd.DataFrame([row("a"), row("b", amp="bf16", aug_backend="tensor")]))
+    recipes = table.set_index("pretraining")["recipe"]
+    assert recipes["a"] == "method=moco_v2, epochs=1"
+    assert recipes["b"] == "method=moco_v2, epochs=1, amp=bf16, aug_backend=tensor"
