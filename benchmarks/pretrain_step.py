@@ -16,7 +16,10 @@ warm-up steps. Reported: images/s median, min and max over the turns, and the ra
 peer. Writes ``benchmarks/results/<name>.{json,md}``. Needs lightly: run it with
 ``.venv-bench/bin/python`` (``bash benchmarks/setup_bench_env.sh``).
 
-    .venv-bench/bin/python benchmarks/pretrain_step.py --rounds 3 --steps 15
+    .venv-bench/bin/python benchmarks/pretrain_step.py --rounds 5 --steps 15 --workers 1
+    .venv-bench/bin/python benchmarks/pretrain_step.py --rounds 5 --steps 15 --workers 0 --only pipeline \
+        --variants "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench fp32 tensor-aug,mocobench bf16 tensor-aug" \
+        --name pretrain_step_workers0
     # on a GPU (benchmarks/gpu_checks.sh step): ResNet-50, 224 px, batch 128, K 65536, AMP variants
     python benchmarks/pretrain_step.py --device cuda --arch resnet50 --size 224 --batch 128 --queue 65536 --m 0.999 ...
 """
