@@ -34,11 +34,12 @@ from mocobench import dist
 def momentum_update_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor], m: float) -> None:
     """In place: ``k = k * m + q * (1 - m)`` for each pair (official ``_momentum_update_key_encoder``).
 
-    Uses the fused ``_foreach`` kernels: one launch for all parameters instead of a Python loop.
+    Computed as ``lerp(k, q, 1 - m)`` with the fused ``_foreach`` kernel: one pass over all parameters,
+    no Python loop (ResNet-18 + head on 2 CPU threads: 1.9 ms against 2.9 ms for ``_foreach_mul_`` +
+    ``_foreach_add_`` and 11 ms for the official loop; ``benchmarks/step_parts.py``). Equal to the
+    official formula up to float rounding (tested to 1e-6).
     """
-    params_k = list(params_k)
-    torch._foreach_mul_(params_k, m)
-    torch._foreach_add_(params_k, list(params_q), alpha=1.0 - m)
+    torch._foreach_lerp_(list(params_k), list(params_q), 1.0 - m)
 
 
 def contrastive_logits(
