@@ -40,22 +40,38 @@ CHUNK = 16  # views per pass of the batched ops
 LUMA = (0.299, 0.587, 0.114)
 
 
-def draw_view(ops: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """One view: the PIL crop as uint8 ``(3, S, S)``, its parameter row ``(P,)``, and the order of the
-    photometric stages. Consumes torch's RNG exactly as ``T.Compose(ops)(img)`` would."""
-    row = torch.zeros(N_PARAMS)
-    stages: list[str] = []
+def _unwrap(op):
+    """The transform inside a one-transform ``RandomApply``, else ``op``."""
+    if not isinstance(op, T.RandomApply):
+        return op
+    if len(op.transforms) != 1:
+        raise TypeError(f"RandomApply of {len(op.transforms)} transforms is not supported")
+    return op.transforms[0]
+
+
+#: transform type -> photometric stage ("" for those with no batched stage).
+_STAGE = {T.RandomResizedCrop: "", T.ToTensor: "", T.Normalize: "", T.ColorJitter: "jitter",
+          T.RandomGrayscale: "gray", RandomGaussianBlur: "blur", T.RandomHorizontalFlip: "flip"}
+
+
+def photometric_stages(ops: list) -> list[str]:
+    """The batched stages of ``ops`` in their order; a transform this module cannot mirror raises."""
+    stages = []
     for op in ops:
-        inner = op
-        if isinstance(op, T.RandomApply):
-            if len(op.transforms) != 1:
-                raise TypeError(f"RandomApply of {len(op.transforms)} transforms is not supported")
-            inner = op.transforms[0]
-        stage = _STAGE.get(type(inner))
+        stage = _STAGE.get(type(_unwrap(op)))
         if stage is None:
-            raise TypeError(f"--aug-backend tensor cannot mirror {inner!r}")
+            raise TypeError(f"--aug-backend tensor cannot mirror {_unwrap(op)!r}")
         if stage:
             stages.append(stage)
+    return stages
+
+
+def draw_view(ops: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view: the PIL crop as uint8 ``(3, S, S)`` and its parameter row ``(P,)``. Consumes torch's
+    RNG exactly as ``T.Compose(ops)(img)`` would (``ops`` checked by :func:`photometric_stages`)."""
+    row = torch.zeros(N_PARAMS)
+    for op in ops:
+        inner = _unwrap(op)
         if isinstance(op, T.RandomApply) and op.p < torch.rand(1):  # as RandomApply.forward
             continue
         if isinstance(inner, T.RandomResizedCrop):
@@ -71,12 +87,7 @@ def draw_view(ops: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor, 
             row[BLUR], row[SIGMA] = 1.0, inner.draw_sigma()
         elif isinstance(inner, T.RandomHorizontalFlip):
             row[FLIP] = float(torch.rand(1) < inner.p)
-    return pil_to_tensor(img), row, stages
-
-
-#: transform type -> photometric stage ("" for those with no batched stage).
-_STAGE = {T.RandomResizedCrop: "", T.ToTensor: "", T.Normalize: "", T.ColorJitter: "jitter",
-          T.RandomGrayscale: "gray", RandomGaussianBlur: "blur", T.RandomHorizontalFlip: "flip"}
+    return pil_to_tensor(img), row
 
 
 class TensorViews:
@@ -85,11 +96,12 @@ class TensorViews:
 
     def __init__(self, aug: str, image_size: int, views: int = 2) -> None:
         self.ops = moco_transform(aug, image_size).transforms
+        photometric_stages(self.ops)  # refuse a pipeline it cannot mirror now, not in a loader worker
         self.views = views
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         drawn = [draw_view(self.ops, img) for _ in range(self.views)]
-        return torch.stack([crop for crop, _, _ in drawn]), torch.stack([row for _, row, _ in drawn])
+        return torch.stack([crop for crop, _ in drawn]), torch.stack([row for _, row in drawn])
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -169,8 +181,7 @@ class BatchAugment:
         blur = [op.transforms[0] for op in ops if isinstance(op, T.RandomApply)
                 and isinstance(op.transforms[0], RandomGaussianBlur)]
         self.radius = math.ceil(3 * blur[0].sigma[1]) if blur else 0
-        with torch.random.fork_rng(devices=[]):  # the stage order, from a throw-away draw on a blank image
-            self.stages = draw_view(ops, Image.new("RGB", (image_size, image_size)))[2]
+        self.stages = photometric_stages(ops)
 
     def __call__(self, crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         x = crops.float().div_(255)

@@ -87,7 +87,7 @@ class PretrainConfig:
     aug_backend: Literal["pil", "tensor"] = option(
         "pil", "How the contrastive views are made: pil (the official per-image pipeline) or tensor (the same random "
         "draws and crop, then colour jitter, grayscale, blur and flip as batched tensor ops in the loader; within "
-        "~1.5/255 of pil per pixel and faster: see README). Not for supervised.")
+        "~1.3/255 of pil per pixel and faster: see README). Not for supervised.")
     decode_cache_mib: int = option(
         1024, "Keep the decoded images in memory when they fit in this many MiB (decoded once, not every epoch); 0: never."
     )
