@@ -37,14 +37,14 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
         TaskSpec("linear", "imagenette-96", ("image_size=64", "mode=cached")),
         TaskSpec("finegrained", "flowers102-sub", ("image_size=64",)),
         TaskSpec("coco_det", "coco-mini", _SMALL_DET),
-        TaskSpec("voc_det", "voc-from-coco", _SMALL_DET),
+        TaskSpec("voc_det", "voc-from-coco", (*_SMALL_DET, "train_sets=07")),  # the set has VOC2007 only
     ),
     "demo": (
         TaskSpec("knn", "classification", ("image_size=64",)),
         TaskSpec("linear", "classification", ("image_size=64", "mode=cached", "epochs=30")),
         TaskSpec("finegrained", "classification", ("image_size=64", "grid_size=12")),
         TaskSpec("coco_det", "coco", (*_SMALL_DET, "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
-        TaskSpec("voc_det", "voc", (*_SMALL_DET, "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
+        TaskSpec("voc_det", "voc", (*_SMALL_DET, "train_sets=07", "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
     ),
     "paper": (  # data as `mocobench data fetch ... --root DATA_ROOT` leaves it (ImageNet: your own copy)
         TaskSpec("linear", "imagenet"),

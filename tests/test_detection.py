@@ -42,12 +42,13 @@ def test_coco_tasks_end_to_end(shared_data, tmp_path, task, keys):
 def test_voc_det_with_two_cpu_processes_and_repeats(shared_data, tmp_path):
     out = tmp_path / "voc"
     run_cli(["transfer", "random", "--arch", "resnet18", "--task", "voc_det", "--data", shared_data / "voc-from-coco",
-             "--out", out, *SMOKE, "--num-gpus", "2", "--repeats", "2"])
+             "--out", out, *SMOKE, "--set", "train_sets=07", "--num-gpus", "2", "--repeats", "2"])
     res = read_results(out / "results.json")
     assert {"bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_AP_std"} <= res["metrics"].keys()
     runs = res["config"]["derived"]["runs"]
     assert len(runs) == 2 and res["metrics"]["bbox_AP50"] == pytest.approx((runs[0]["bbox_AP50"] + runs[1]["bbox_AP50"]) / 2)
     assert res["config"]["num_procs"] == 2 and res["config"]["norm"] == "naiveSyncBN"
+    assert res["config"]["train_sets"] == "07" and res["config"]["derived"]["train_datasets"] == ["mb_voc_2007_trainval"]
 
 
 def _gt_as_predictions(dataset_name: str, with_masks: bool, out=None):
@@ -82,7 +83,7 @@ def test_ground_truth_scores_ap_100_through_the_same_evaluators(shared_data):
     train, test, _ = register_data("coco_instseg", str(shared_data / "coco-mini"))
     res = _gt_as_predictions(test[0], with_masks=True)
     assert res["bbox"]["AP"] == pytest.approx(100.0) and res["segm"]["AP"] == pytest.approx(100.0, abs=0.5)
-    train, test, _ = register_data("voc_det", str(shared_data / "voc-from-coco"))
+    train, test, _ = register_data("voc_det", str(shared_data / "voc-from-coco"), "07")
     res = _gt_as_predictions(test[0], with_masks=False)
     assert res["bbox"]["AP50"] == pytest.approx(100.0) and res["bbox"]["AP"] == pytest.approx(100.0)
 
@@ -125,6 +126,65 @@ def test_bad_detection_input_is_named(shared_data, tmp_path):
     assert "head=C4 needs Bottleneck blocks" in r.output
 
 
+def test_voc_07_plus_12_is_the_default_and_never_falls_back_silently(shared_data, tmp_path):
+    """The papers' VOC numbers train on 07+12 trainval: a devkit without VOC2012 is an error naming the folder
+    and the option that chooses 07 on purpose (before, training quietly used VOC2007 alone)."""
+    from mocobench.transfer.detection import register_data
+
+    with pytest.raises(ValueError, match=r"holds no VOC2012 folder.*--set train_sets=07"):
+        register_data("voc_det", str(shared_data / "voc-from-coco"))
+    r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "voc_det", "--data",
+                 shared_data / "voc-from-coco", "--out", tmp_path / "e", *SMOKE], expect_ok=False)
+    assert "VOC2012" in r.output and "train_sets=07" in r.output
+    assert register_data("voc_det", str(shared_data / "voc-real-tiny"), "12")[0] == ("mb_voc_2012_trainval",)
+
+
+def _d2_cfg(config_file: str, norm: str = "naiveSyncBN"):
+    from mocobench.transfer.detection import build_cfg
+
+    return build_cfg("coco_instseg", config_file, "", tempfile.mkdtemp(), 50, (("a",), ("b",), 3), norm, "", [], 0, "cpu")
+
+
+def test_shipped_configs_match_the_official_values():
+    """Values read back through detectron2 from the shipped YAML files (facebookresearch/moco @ 87e36d3,
+    detection/configs): naiveSyncBN in the C4 base file itself, the 2x COCO schedule by default, and for FPN
+    synchronised BN in the backbone and FPN only (moco issue #34), with standard heads."""
+    from detectron2.config import get_cfg
+
+    from mocobench.evaluators.detection import DetectionConfig, _config_file
+    from mocobench.transfer.detection import CONFIGS
+
+    raw = get_cfg()
+    raw.merge_from_file(str(CONFIGS / "Base-RCNN-C4-BN-moco.yaml"))
+    assert raw.MODEL.RESNETS.NORM == "naiveSyncBN" and raw.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
+    assert raw.MODEL.BACKBONE.FREEZE_AT == 0 and raw.TEST.PRECISE_BN.ENABLED and not raw.MODEL.RESNETS.STRIDE_IN_1X1
+    assert DetectionConfig().schedule == "2x" and DetectionConfig().train_sets == "07+12"
+    c4 = _d2_cfg(_config_file("coco_det", DetectionConfig()))
+    assert c4.SOLVER.MAX_ITER == 180000 and tuple(c4.SOLVER.STEPS) == (120000, 160000)
+    fpn = _d2_cfg(_config_file("coco_det", DetectionConfig(head="FPN")), norm="SyncBN")
+    assert fpn.MODEL.RESNETS.NORM == fpn.MODEL.FPN.NORM == "SyncBN"
+    assert fpn.MODEL.ROI_BOX_HEAD.NORM == fpn.MODEL.ROI_MASK_HEAD.NORM == ""
+    assert fpn.MODEL.ROI_BOX_HEAD.NUM_CONV == 0 and fpn.MODEL.ROI_BOX_HEAD.NUM_FC == 2
+    for f in CONFIGS.glob("*_moco.yaml"):
+        assert f.read_text().startswith("# Provenance: "), f"{f.name} has no provenance line"
+
+
+def test_res5_extra_norm_is_built_in_init_without_the_private_method_shim(caplog):
+    """The extra norm after res5 exists, and detectron2 logs no warning about overriding its private
+    ``_build_res5_block`` (the old subclass relied on that shim)."""
+    import logging
+
+    from detectron2.modeling import build_model
+
+    cfg = _d2_cfg("coco_R_50_C4_2x_moco.yaml", norm="BN")
+    with caplog.at_level(logging.WARNING):
+        model = build_model(cfg)
+    heads = model.roi_heads
+    assert type(heads).__name__ == "Res5ROIHeadsExtraNorm"
+    assert isinstance(heads.res5.norm, torch.nn.BatchNorm2d) and heads.res5.norm.num_features == 2048
+    assert not [r for r in caplog.records if "_build_res5_block" in r.getMessage()]
+
+
 def test_synthetic_detection_sets_score_ap_100_and_map_their_ids(tmp_path):
     """The embedded COCO set (ids 3, 7, 11, 20) and its VOC copy (labels.txt) load and are consistent."""
     from mocobench.synth_det import CATEGORIES, SynthDetSpec, write_synthetic_detection
@@ -135,10 +195,10 @@ def test_synthetic_detection_sets_score_ap_100_and_map_their_ids(tmp_path):
     assert n == len(CATEGORIES)
     res = _gt_as_predictions(test[0], with_masks=True)
     assert res["bbox"]["AP"] == pytest.approx(100.0) and res["segm"]["AP"] == pytest.approx(100.0, abs=1.0)
-    train, test, n = register_data("voc_det", str(root / "voc"))
+    train, test, n = register_data("voc_det", str(root / "voc"), "07")
     assert n == len(CATEGORIES)
     res = _gt_as_predictions(test[0], with_masks=False)
     assert res["bbox"]["AP50"] == pytest.approx(100.0)
     (root / "voc" / "labels.txt").write_text("circle\ncircle\n")
     with pytest.raises(ValueError, match="labels.txt must list distinct class names"):
-        register_data("voc_det", str(root / "voc"))
+        register_data("voc_det", str(root / "voc"), "07")

@@ -40,17 +40,21 @@ VOC_CLASSES = (
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 METRICS_FILE = "d2_results.json"
+#: VOC training sets (``train_sets``) -> the years whose trainval is used; the test set is always VOC2007 test.
+VOC_TRAIN_SETS = {"07+12": (2007, 2012), "07": (2007,), "12": (2012,)}
 
 if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
 
     @ROI_HEADS_REGISTRY.register()
     class Res5ROIHeadsExtraNorm(Res5ROIHeads):
-        """Res5 head with an extra norm layer after res5 (MoCo paper, appendix; official train_net.py)."""
+        """Res5 head with an extra norm layer after res5 (MoCo paper, appendix). As the official
+        ``detection/train_net.py`` since facebookresearch/moco 87e36d3 ("avoid relying on private method
+        of detectron2"): the norm is added in ``__init__``, not by overriding the private
+        ``_build_res5_block`` (which detectron2 only supports through a shim that logs a warning)."""
 
-        def _build_res5_block(self, cfg):
-            seq, out_channels = super()._build_res5_block(cfg)
-            seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
-            return seq, out_channels
+        def __init__(self, cfg, input_shape) -> None:
+            super().__init__(cfg, input_shape)
+            self.res5.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, self.res5[-1].out_channels))
 
 
 #: ``--preset cpu-smoke``: small images, few proposals and ROIs, a few hundred iterations.
@@ -132,12 +136,14 @@ def register_voc(name: str, dirname: Path, split: str, year: int, classes: tuple
     MetadataCatalog.get(name).set(evaluator_type="pascal_voc")
 
 
-def register_data(task: str, data: str) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+def register_data(task: str, data: str, train_sets: str = "07+12") -> tuple[tuple[str, ...], tuple[str, ...], int]:
     """Register the task's train/test splits; returns (train names, test names, number of classes).
 
     ``data`` empty: the standard ``$DETECTRON2_DATASETS`` layout (``coco/annotations/...``,
     ``VOC2007``, ``VOC2012``). COCO: a folder with ``annotations/instances_{train,val}2017.json`` and
-    ``{train,val}2017/``. VOC: a devkit folder holding ``VOC2007`` (and optionally ``VOC2012``).
+    ``{train,val}2017/``. VOC: a devkit folder holding ``VOC2007`` and, for ``train_sets`` 07+12 (the
+    official pascal_voc_R_50_C4_24k.yaml: voc_2007_trainval + voc_2012_trainval), ``VOC2012``; a
+    missing folder is an error, never a silent fall-back to fewer training images.
     """
     root = Path(data) if data else Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
     if task in ("coco_det", "coco_instseg"):
@@ -150,12 +156,17 @@ def register_data(task: str, data: str) -> tuple[tuple[str, ...], tuple[str, ...
     devkit = root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
     if not (devkit / "VOC2007").is_dir():
         raise DataError(f"{devkit} holds no VOC2007 folder (expected a VOC devkit: VOC2007[/VOC2012])")
+    years = VOC_TRAIN_SETS[train_sets]
+    for year in years:
+        if not (devkit / f"VOC{year}").is_dir():
+            hint = ("; the papers' VOC numbers train on 07+12 trainval: add VOC2012 there, or pass --set "
+                    "train_sets=07 to train on VOC2007 trainval alone on purpose") if train_sets == "07+12" else ""
+            raise DataError(f"{devkit} holds no VOC{year} folder, which train_sets={train_sets} needs{hint}")
     classes = voc_classes(devkit)
     train = []
-    for year in (2007, 2012):
-        if (devkit / f"VOC{year}").is_dir():
-            register_voc(f"mb_voc_{year}_trainval", devkit / f"VOC{year}", "trainval", year, classes)
-            train.append(f"mb_voc_{year}_trainval")
+    for year in years:
+        register_voc(f"mb_voc_{year}_trainval", devkit / f"VOC{year}", "trainval", year, classes)
+        train.append(f"mb_voc_{year}_trainval")
     register_voc("mb_voc_2007_test", devkit / "VOC2007", "test", 2007, classes)
     return tuple(train), ("mb_voc_2007_test",), len(classes)
 
@@ -188,10 +199,8 @@ def build_cfg(task: str, config_file: str, weights: str, out: Path, depth: int,
         cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.MASK_ON = task == "coco_instseg"
     cfg.MODEL.RESNETS.NORM = norm
-    if cfg.MODEL.FPN.NORM:
+    if cfg.MODEL.FPN.NORM:  # backbone and FPN only, the heads stay standard (moco issue #34)
         cfg.MODEL.FPN.NORM = norm
-        cfg.MODEL.ROI_BOX_HEAD.NORM = norm
-        cfg.MODEL.ROI_MASK_HEAD.NORM = norm
     cfg.OUTPUT_DIR = str(out)
     cfg.SEED = seed
     cfg.merge_from_list(PRESETS[preset] if preset else [])
@@ -234,12 +243,12 @@ def build_evaluator(cfg: CfgNode, dataset_name: str):
                          output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"))
 
 
-def _worker(cfg_yaml: str, task: str, data: str, resume: bool, eval_only: bool) -> None:
+def _worker(cfg_yaml: str, task: str, data: str, train_sets: str, resume: bool, eval_only: bool) -> None:
     """One process of a run (launched by detectron2): register data, train and/or test, save metrics."""
     cfg = get_cfg()
     cfg.set_new_allowed(True)
     cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_yaml))
-    register_data(task, data)
+    register_data(task, data, train_sets)
     remove_handlers(logging.getLogger("detectron2"))  # one set of handlers per run (a suite runs many per process)
     getattr(setup_logger, "cache_clear", lambda: None)()
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2")
@@ -258,7 +267,7 @@ def _worker(cfg_yaml: str, task: str, data: str, resume: bool, eval_only: bool) 
         (Path(cfg.OUTPUT_DIR) / METRICS_FILE).write_text(json.dumps(results, indent=2))
 
 
-def run(cfg: CfgNode, task: str, data: str, num_procs: int, num_machines: int, machine_rank: int,
+def run(cfg: CfgNode, task: str, data: str, train_sets: str, num_procs: int, num_machines: int, machine_rank: int,
         dist_url: str, resume: bool, eval_only: bool) -> dict[str, float]:
     """Launch the run (1 process in place, N through detectron2's launcher); return flat metrics."""
     out = Path(cfg.OUTPUT_DIR)
@@ -267,7 +276,7 @@ def run(cfg: CfgNode, task: str, data: str, num_procs: int, num_machines: int, m
     cfg_yaml = cfg.dump()
     (out / "config.yaml").write_text(cfg_yaml)
     launch(_worker, num_procs, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
-           args=(cfg_yaml, task, data, resume, eval_only))
+           args=(cfg_yaml, task, data, train_sets, resume, eval_only))
     results = json.loads((out / METRICS_FILE).read_text())
     flat = {}
     for kind, metrics in results.items():  # {"bbox": {"AP": .., "AP50": ..}, "segm": {...}}
