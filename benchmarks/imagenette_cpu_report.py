@@ -80,7 +80,8 @@ def write_summary(suite_out: Path, table) -> None:
     for path in sorted(suite_out.glob("*/*/results.json")):
         rec = read_results(path)
         times.setdefault(rec["task"], {})[rec["pretraining"]] = rec["time_s"]
-    heads = [("knn", "top1"), ("linear", "top1_final"), ("finegrained", "mean_per_class"), ("coco_det", "bbox_AP"),
+    heads = [("knn", "top1"), ("linear", "top1_best"), ("linear", "top1_final"), ("finegrained", "mean_per_class"),
+             ("coco_det", "bbox_AP"),
              ("coco_det", "bbox_AP50"), ("voc_det", "bbox_AP"), ("voc_det", "bbox_AP50")]
     heads = [h for h in heads if h in table.columns]
     md = ["| pretraining | " + " | ".join(f"{t} {m}" for t, m in heads) + " |", "|---" * (len(heads) + 1) + "|"]

@@ -1,15 +1,26 @@
 """Fine-grained / many-shot transfer (Kornblith et al. 2019, arXiv 1805.08974; Ericsson et al. 2021,
-arXiv 2011.13377), ``../shared/docs/protocols.md``.
+arXiv 2011.13377), ``../shared/docs/protocols.md``. Defaults follow ssl-transfer's code
+(linusericsson/ssl-transfer @ 416913f; ``linear.py``, ``finetune.py``), which implements both papers'
+protocols; line numbers are cited beside each value.
 
-``linear`` (default): frozen pooled features of the centre crop (no augmentation); multinomial
-logistic regression (scikit-learn, L-BFGS) with the L2 strength chosen on the validation split over
-``wd in logspace(-6, 5, 45)``, ``C = 1 / wd``; refit on train+val with the chosen C; test once.
-``finetune``: the whole network trained with SGD on train for a short schedule (no search), scored
-on val and test. Metrics: top-1 and mean per-class accuracy (the selection uses ``metric``).
+``linear`` (default): frozen pooled features of Resize(224, bicubic) + CenterCrop(224) (no
+augmentation); multinomial logistic regression (scikit-learn, L-BFGS, ``max_iter`` 100, warm starts)
+with ``C = 1 / wd`` chosen on the validation split over ``wd in logspace(-6, 5, 45)``, iterated from
+the smallest wd up, the first best kept (so a tie keeps the smallest wd); refit on train+val with the
+chosen C (warm-started from the last grid fit, as the reference); test once.
+``finetune``: the whole network, SGD with Nesterov momentum 0.9 and a per-step cosine schedule for
+``ft_steps`` steps of ``ft_batch_size`` RandomResizedCrop(bicubic) + flip views, for every (lr, wd) of
+the grid (wd divided by lr, as both papers); the first best on val is refit on train+val from the
+pretrained weights and tested once. Kornblith et al.'s grid is larger (7 lrs x 8 wds, 20k steps of 256):
+pass it through ``ft_lrs``, ``ft_wds``, ``ft_steps``, ``ft_batch_size``.
+
+The metric, for selection and headline, follows the data set (``linear.py`` L394-406): mean per-class
+accuracy for Aircraft, Pets, Flowers (and Caltech-101), top-1 for the others; ``metric=`` overrides it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -30,6 +41,7 @@ from mocobench.datasets import (
     DataError,
     EpochBatchSampler,
     ImageDataset,
+    ImageList,
     OnBadImage,
     SeededImageDataset,
     list_images,
@@ -39,7 +51,11 @@ from mocobench.datasets import (
 from mocobench.evaluators.features import extract_features, resnet_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import option
-from mocobench.pretrain.augment import eval_transform, linear_train_transform
+from mocobench.pretrain.augment import (
+    eval_transform,
+    ssl_transfer_eval_transform,
+    ssl_transfer_train_transform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +74,57 @@ TORCHVISION_SETS = {
 
 
 
+#: Data sets scored by mean per-class accuracy (ssl-transfer linear.py L394-406: aircraft, caltech101, flowers,
+#: pets); every other set, and a plain folder, by top-1.
+MEAN_PER_CLASS_SETS = frozenset({"aircraft", "flowers102", "pets"})
+#: How the L2 grid is walked (recorded in the results): from the weakest regularisation up, as ssl-transfer.
+GRID_ORDER = "ascending wd (C = 1/wd from large to small); ties keep the first, i.e. the smallest wd"
+
+
 @dataclass
 class FinegrainedConfig:
     data: str = option("", "Folder with {train, valid|val, test}/<class>/*, or the root of a torchvision data set.")
     dataset: Literal["folder", "flowers102", "pets", "aircraft", "cars", "dtd", "food101", "cifar10", "cifar100"] = option(
         "folder", "Layout of --data (torchvision sets are read without downloading).")
     on_bad_image: OnBadImage = on_bad_image_option()
-    protocol: Literal["linear", "finetune"] = option("linear", "linear (logistic regression) or finetune (whole net).")
-    metric: Literal["mean_per_class", "top1"] = option("mean_per_class", "Selection metric (Flowers, Pets, Aircraft: mean per class).")
-    image_size: int = option(224, "Centre-crop size (resize to size*256/224 first).")
-    wd_min: float = option(-6.0, "log10 of the smallest weight decay in the grid.")
-    wd_max: float = option(5.0, "log10 of the largest weight decay in the grid.")
-    grid_size: int = option(45, "Number of weight-decay values (C = 1/wd).")
-    max_iter: int = option(1000, "L-BFGS iterations per fit.")
-    warm_start: bool = option(True, "Start each grid fit from the previous solution (faster; same optimum up to tolerance).")
-    val_fraction: float = option(0.2, "Share of train held out as val when the data set has no val split.")
-    ft_epochs: int = option(10, "finetune: epochs.")
-    ft_lr: float = option(0.01, "finetune: SGD learning rate per 256 images (cosine schedule).")
-    ft_weight_decay: float = option(1e-4, "finetune: SGD weight decay.")
-    batch_size: int = option(64, "Batch size.")
+    protocol: Literal["linear", "finetune"] = option(
+        "linear", "linear (logistic regression on frozen features) or finetune (whole net, lr x wd grid on val).")
+    metric: Literal["auto", "mean_per_class", "top1"] = option(
+        "auto", "Selection and headline metric; auto: the data set's (mean_per_class for aircraft, pets, flowers102; "
+        "top1 for the others and for folders), as ssl-transfer.")
+    preprocess: Literal["ssl_transfer", "imagenet"] = option(
+        "ssl_transfer", "ssl_transfer: Resize(size, bicubic) + CenterCrop(size) (ssl-transfer linear.py); imagenet: "
+        "Resize(size*256/224, bilinear) + CenterCrop(size) (the linear protocol's test transform).")
+    image_size: int = option(224, "Centre-crop size (ssl-transfer: 224).")
+    wd_min: float = option(-6.0, "log10 of the smallest weight decay in the grid (ssl-transfer: -6).")
+    wd_max: float = option(5.0, "log10 of the largest weight decay in the grid (ssl-transfer: 5).")
+    grid_size: int = option(45, "Number of weight-decay values, C = 1/wd (ssl-transfer: 45).")
+    max_iter: int = option(100, "L-BFGS iterations per fit (ssl-transfer: scikit-learn's default, 100).")
+    warm_start: bool = option(
+        True, "Start each grid fit from the previous one, and the refit from the last grid fit (ssl-transfer).")
+    val_fraction: float = option(0.2, "Share of train held out as val when the data set has no val split (ssl-transfer: 0.2).")
+    split_seed: int = option(0, "Seed of that held-out split (ssl-transfer: random_seed 0, a NumPy shuffle).")
+    ft_lrs: tuple[float, ...] = option(
+        (0.1, 0.01, 0.001, 0.0001), "finetune: learning rates searched (ssl-transfer: logspace(-4, -1, 4), descending).")
+    ft_wds: tuple[float, ...] = option(
+        (0.0, 1e-6, 1e-5, 1e-4, 1e-3), "finetune: weight decays searched, each divided by the lr "
+        "(ssl-transfer: 0 and logspace(-6, -3, 4)).")
+    ft_steps: int = option(5000, "finetune: SGD steps per grid point and for the refit (ssl-transfer: 5000; Kornblith: 20000).")
+    ft_batch_size: int = option(64, "finetune: batch size (ssl-transfer: 64; Kornblith: 256).")
+    batch_size: int = option(64, "Feature-extraction batch size.")
     workers: int = option(4, "Data-loading workers.")
     device: str = option("auto", "auto, cpu or cuda.")
+
+    def resolved_metric(self) -> str:
+        """The metric that selects and heads the results: ``metric``, or the data set's for ``auto``."""
+        if self.metric != "auto":
+            return self.metric
+        return "mean_per_class" if self.dataset in MEAN_PER_CLASS_SETS else "top1"
+
+    def transforms(self) -> tuple:
+        """(training-view transform for finetune, evaluation transform)."""
+        test = ssl_transfer_eval_transform if self.preprocess == "ssl_transfer" else eval_transform
+        return ssl_transfer_train_transform(self.image_size), test(self.image_size)
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -92,47 +138,40 @@ def select_and_fit(
     test: tuple[np.ndarray, np.ndarray],
     wds: np.ndarray,
     metric: str = "mean_per_class",
-    max_iter: int = 1000,
+    max_iter: int = 100,
     warm_start: bool = True,
 ) -> dict:
-    """Choose ``wd`` on val (ties: the larger wd), refit on train+val, score test.
+    """Choose ``wd`` on val, refit on train+val, score test (ssl-transfer ``linear.py`` L129-177).
 
+    The grid is walked from the smallest wd up and a later wd must score strictly higher to replace
+    the best (the reference's ``if test_score > best_score``), so ties keep the smallest wd. With
+    ``warm_start`` each fit starts from the previous one and the refit from the last grid fit.
     Shape: features (N, D) float, labels (N,) int. Returns the chosen wd, its val score, the test
     scores and the val curve.
     """
-    order = np.sort(np.asarray(wds))[::-1]  # strong to weak regularisation (warm starts move outward)
     clf = LogisticRegression(max_iter=max_iter, warm_start=warm_start)
-    curve = []
-    for wd in order:
+    curve, best = [], None
+    for wd in np.sort(np.asarray(wds)):
         clf.set_params(C=1.0 / wd)
         clf.fit(*train)
         curve.append({"wd": float(wd), **score(val[1], clf.predict(val[0]))})
-    best = max(curve, key=lambda c: c[metric])  # max keeps the first (largest wd) among ties
-    final = LogisticRegression(C=1.0 / best["wd"], max_iter=max_iter)
-    final.fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
-    return {"wd": best["wd"], "val": best[metric], "test": score(test[1], final.predict(test[0])), "curve": curve}
+        if best is None or curve[-1][metric] > best[metric]:
+            best = curve[-1]
+    clf.set_params(C=1.0 / best["wd"])
+    clf.fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    return {"wd": best["wd"], "val": best[metric], "test": score(test[1], clf.predict(test[0])), "curve": curve}
 
 
-def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    rng = np.random.default_rng(seed)
-    labels_arr = np.asarray(labels)
-    train_idx, val_idx = [], []
-    for c in np.unique(labels_arr):
-        idx = rng.permutation(np.flatnonzero(labels_arr == c))
-        n_val = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
-        val_idx += idx[:n_val].tolist()
-        train_idx += idx[n_val:].tolist()
-    return sorted(train_idx), sorted(val_idx)
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices: a NumPy shuffle of ``range(n)`` under ``seed``, the first
+    ``floor(fraction * n)`` held out (ssl-transfer ``linear.py`` L306-313, ``np.random.seed(0)``)."""
+    indices = list(range(n))
+    np.random.RandomState(seed).shuffle(indices)
+    split = int(np.floor(fraction * n))
+    return sorted(indices[split:]), sorted(indices[:split])
 
 
-def _targets(ds) -> list[int]:
-    for attr in ("targets", "_labels", "labels"):
-        if hasattr(ds, attr):
-            return list(getattr(ds, attr))
-    return [ds[i][1] for i in range(len(ds))]
-
-
-def load_splits(cfg: FinegrainedConfig, seed: int, transforms: dict[str, object]) -> dict[str, Dataset]:
+def load_splits(cfg: FinegrainedConfig, transforms: dict[str, object]) -> dict[str, Dataset]:
     """``{"train", "val", "test"}`` datasets yielding (image tensor, label); ``transforms`` per split."""
     root = Path(cfg.data)
     if cfg.dataset == "folder":
@@ -157,16 +196,9 @@ def load_splits(cfg: FinegrainedConfig, seed: int, transforms: dict[str, object]
         out.update(train=make(train_kw, "train"), val=make(val_kw, "val"))
     else:
         full_train, full_val = make(train_kw, "train"), make(train_kw, "val")
-        tr, va = _stratified_split(_targets(full_train), cfg.val_fraction, seed)
+        tr, va = holdout_split(len(full_train), cfg.val_fraction, cfg.split_seed)
         out.update(train=Subset(full_train, tr), val=Subset(full_val, va))
     return out
-
-
-def _num_classes(ds: Dataset) -> int:
-    base = ds.dataset if isinstance(ds, Subset) else ds
-    if isinstance(base, ImageDataset):
-        return len(base.images.classes)
-    return len(base.classes)
 
 
 @register("finegrained", FinegrainedConfig, "fine-grained transfer: many-shot logistic regression or fine-tuning")
@@ -174,65 +206,98 @@ def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float
     if cfg.grid_size < 1:
         raise TaskError(f"grid_size must be at least 1, got {cfg.grid_size}")
     device = dist.select_device(cfg.device)
-    net = ctx.backbone.to(device)
-    test_tf = eval_transform(cfg.image_size)
+    metric = cfg.resolved_metric()
+    train_tf, test_tf = cfg.transforms()
+    ctx.derived.update(headline=metric, transform=" ".join(repr(test_tf).split()), split_seed=cfg.split_seed)
     if cfg.protocol == "finetune":
-        return _finetune(cfg, ctx, net, device)
-    splits = load_splits(cfg, ctx.seed, {"train": test_tf, "val": test_tf, "test": test_tf})
+        return _finetune(cfg, ctx, ctx.backbone.to(device), device, metric, train_tf, test_tf)
+    splits = load_splits(cfg, {"train": test_tf, "val": test_tf, "test": test_tf})
     t0 = time.perf_counter()
     feats = {}
     for k, ds in splits.items():
         loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
-        f, y = extract_features(net, loader, device, normalize=False)
+        f, y = extract_features(ctx.backbone.to(device), loader, device, normalize=False)
         feats[k] = (f.cpu().double().numpy(), y.cpu().numpy())
     t_feat = time.perf_counter() - t0
     wds = np.logspace(cfg.wd_min, cfg.wd_max, cfg.grid_size)
-    res = select_and_fit(feats["train"], feats["val"], feats["test"], wds, cfg.metric, cfg.max_iter, cfg.warm_start)
+    res = select_and_fit(feats["train"], feats["val"], feats["test"], wds, metric, cfg.max_iter, cfg.warm_start)
     ctx.derived.update(
-        wd_chosen=res["wd"], C_chosen=1.0 / res["wd"], val_curve=res["curve"], feature_time_s=round(t_feat, 2),
+        wd_chosen=res["wd"], C_chosen=1.0 / res["wd"], val_curve=res["curve"], grid_order=GRID_ORDER,
+        max_iter=cfg.max_iter, feature_time_s=round(t_feat, 2),
         fit_time_s=round(time.perf_counter() - t0 - t_feat, 2), sizes={k: len(v[1]) for k, v in feats.items()},
     )
-    logger.info("finegrained: wd %.3g chosen on val (%s %.2f); test %s", res["wd"], cfg.metric, res["val"], res["test"])
-    return {"top1": res["test"]["top1"], "mean_per_class": res["test"]["mean_per_class"], f"val_{cfg.metric}": res["val"]}
+    logger.info("finegrained: wd %.3g chosen on val (%s %.2f); test %s", res["wd"], metric, res["val"], res["test"])
+    return {"top1": res["test"]["top1"], "mean_per_class": res["test"]["mean_per_class"], f"val_{metric}": res["val"]}
 
 
-def _finetune(cfg: FinegrainedConfig, ctx: TaskContext, net: nn.Module, device: torch.device) -> dict[str, float]:
-    """Whole-network SGD (momentum 0.9, cosine lr over ``ft_epochs``), RRC+flip views; scored on val and test."""
-    test_tf = eval_transform(cfg.image_size)
-    splits = load_splits(cfg, ctx.seed, {"train": linear_train_transform(cfg.image_size), "val": test_tf, "test": test_tf})
-    train = splits["train"]
-    if not isinstance(train, ImageDataset):
+def _finetune(cfg: FinegrainedConfig, ctx: TaskContext, net: nn.Module, device: torch.device, metric: str,
+              train_tf, test_tf) -> dict[str, float]:
+    """The (lr, wd) grid on val, then the first best refit on train+val and tested (ssl-transfer ``finetune.py``
+    L222-251). Each run starts from the pretrained weights."""
+    if not cfg.ft_lrs or not cfg.ft_wds or cfg.ft_steps < 1:
+        raise TaskError("protocol=finetune needs non-empty ft_lrs and ft_wds and ft_steps >= 1")
+    splits = load_splits(cfg, {"train": train_tf, "val": test_tf, "test": test_tf})
+    if not isinstance(splits["train"], ImageDataset):
         raise TaskError("protocol=finetune reads folder data sets only for now (--set dataset=folder)")
-    torch.manual_seed(ctx.seed)
-    fc = nn.Linear(_feature_dim(net, device), _num_classes(train)).to(device)
-    params = [*net.parameters(), *fc.parameters()]
+    train, val = splits["train"].images, splits["val"].images
+    trainval = ImageList(train.root, train.paths + val.paths, train.labels + val.labels, train.classes)
+    pretrained = copy.deepcopy(net.state_dict())
+    grid, best = [], None
+    for lr in cfg.ft_lrs:
+        for wd in cfg.ft_wds:
+            net.load_state_dict(pretrained)
+            fc = _train(cfg, ctx.seed, net, train, train_tf, lr, wd / lr, device)
+            grid.append({"lr": lr, "wd": wd, **_scores(cfg, net, fc, splits["val"], device)})
+            logger.info("finetune lr %g wd %g (%g / lr): val %s %.2f", lr, wd, wd / lr, metric, grid[-1][metric])
+            if best is None or grid[-1][metric] > best[metric]:  # strict: the first best is kept
+                best = grid[-1]
+    net.load_state_dict(pretrained)
+    fc = _train(cfg, ctx.seed, net, trainval, train_tf, best["lr"], best["wd"] / best["lr"], device)
+    test = _scores(cfg, net, fc, splits["test"], device)
+    ctx.derived.update(ft_grid=grid, lr_chosen=best["lr"], wd_chosen=best["wd"], sizes={
+        "train": len(train), "val": len(val), "test": len(splits["test"])})
+    return {"top1": test["top1"], "mean_per_class": test["mean_per_class"], f"val_{metric}": best[metric]}
+
+
+def _train(cfg: FinegrainedConfig, seed: int, net: nn.Module, images: ImageList, transform, lr: float,
+           weight_decay: float, device: torch.device) -> nn.Linear:
+    """``ft_steps`` SGD steps (Nesterov momentum 0.9, cosine lr per step to 0, BN in train mode) on the
+    network and a new linear head; returns the head (the network is trained in place)."""
+    torch.manual_seed(seed)
+    fc = nn.Linear(_feature_dim(net, device), len(images.classes)).to(device)
     for p in net.parameters():
         p.requires_grad = True
-    lr = cfg.ft_lr * cfg.batch_size / 256
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.ft_weight_decay)
-    sampler = EpochBatchSampler(len(train), cfg.batch_size, ctx.seed, drop_last=False)
-    loader = DataLoader(SeededImageDataset(train.images, train.transform), batch_sampler=sampler, num_workers=cfg.workers)
-    for epoch in range(cfg.ft_epochs):
-        for g in optimizer.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.ft_epochs))
+    optimizer = torch.optim.SGD([*net.parameters(), *fc.parameters()], lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=weight_decay)
+    sampler = EpochBatchSampler(len(images), cfg.ft_batch_size, seed, drop_last=False)
+    loader = DataLoader(SeededImageDataset(images, transform), batch_sampler=sampler, num_workers=cfg.workers)
+    net.train()
+    step, epoch = 0, 0
+    while step < cfg.ft_steps:
         sampler.set_epoch(epoch)
-        net.train()
-        for images, labels in loader:
-            loss = F.cross_entropy(fc(resnet_features(net, images.to(device))), labels.to(device))
+        for images_, labels in loader:
+            for g in optimizer.param_groups:  # CosineAnnealingLR(T_max=steps), stepped every iteration
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / cfg.ft_steps))
+            loss = F.cross_entropy(fc(resnet_features(net, images_.to(device))), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        logger.info("finetune epoch %d/%d: loss %.4f", epoch + 1, cfg.ft_epochs, loss.item())
-    out = {}
-    for split in ("val", "test"):
-        f, y = extract_features(net, DataLoader(splits[split], batch_size=cfg.batch_size, num_workers=cfg.workers),
-                                device, normalize=False)
-        with torch.no_grad():
-            pred = fc(f).argmax(1).cpu().numpy()
-        for k, v in score(y.cpu().numpy(), pred).items():
-            out[k if split == "test" else f"val_{k}"] = v
-    ctx.derived["lr_scaled"] = lr
-    return out
+            step += 1
+            if not math.isfinite(loss.item()):
+                logger.warning("finetune lr %g: loss is %s at step %d; stopped (the point scores at chance)", lr,
+                               loss.item(), step)
+                step = cfg.ft_steps
+            if step >= cfg.ft_steps:
+                break
+        epoch += 1
+    return fc
+
+
+def _scores(cfg: FinegrainedConfig, net: nn.Module, fc: nn.Linear, ds: Dataset, device) -> dict[str, float]:
+    f, y = extract_features(net, DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers), device,
+                            normalize=False)
+    with torch.no_grad():
+        return score(y.cpu().numpy(), fc(f).argmax(1).cpu().numpy())
 
 
 def _feature_dim(net: nn.Module, device: torch.device) -> int:

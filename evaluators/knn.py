@@ -12,12 +12,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from mocobench import dist
+from mocobench.checkpoint import load_projection_head
 from mocobench.datasets import (
     DataError,
     ImageDataset,
@@ -106,22 +108,32 @@ class KnnEvaluator:
             for images in (bank, query)
         )
 
-    def evaluate(self, net: nn.Module, device: torch.device, channels_last: bool = False) -> dict[str, float]:
-        """``{"top1", "top5"}`` in percent for the pooled features of ``net``."""
-        bank, bank_y = extract_features(net, self.bank_loader, device, channels_last)
-        feats, y = extract_features(net, self.query_loader, device, channels_last)
+    def evaluate(self, net: nn.Module, device: torch.device, channels_last: bool = False,
+                 head: nn.Module | None = None) -> dict[str, float]:
+        """``{"top1", "top5"}`` in percent for the pooled features of ``net`` (or ``head``'s output on them)."""
+        bank, bank_y = extract_features(net, self.bank_loader, device, channels_last, head=head)
+        feats, y = extract_features(net, self.query_loader, device, channels_last, head=head)
         scores = knn_scores(feats, bank, bank_y, self.num_classes, self.k, self.t, self.chunk_size)
         return topk_accuracy(scores, y)
 
 
 @dataclass
 class KnnConfig:
-    """kNN transfer (InstDisc protocol, arXiv 1805.01978: k=200, t=0.07)."""
+    """kNN transfer (InstDisc protocol, arXiv 1805.01978: k=200, t=0.07).
+
+    ``features=backbone`` scores the pooled backbone features (as lightly's and solo-learn's kNN
+    monitors do: comparable with their numbers and with the MoCo CIFAR demo's monitor only when it
+    is run on the backbone); ``head`` scores the L2-normalised output of the checkpoint's projection
+    head (128-d for MoCo), the embedding InstDisc's kNN numbers and the MoCo CIFAR demo score.
+    """
 
     data: str = option("", "Root with a train split and a val (or test) split.")
     train_split: str = option("train", "Bank split under --data.")
     val_split: str = option("", "Scored split under --data (default: val, else test).")
     image_size: int = option(224, "Centre-crop size (after resizing to size*256/224).")
+    features: Literal["backbone", "head"] = option(
+        "backbone", "What is scored: backbone (pooled features; lightly, solo-learn) or head (the checkpoint's "
+        "projection-head output, L2-normalised; InstDisc, MoCo CIFAR demo). head needs a contrastive checkpoint.")
     k: int = option(200, "Neighbours.")
     t: float = option(0.07, "Temperature of the exp(s/t) vote weights.")
     batch_size: int = option(256, "Feature-extraction batch size.")
@@ -140,6 +152,8 @@ def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
     evaluator = KnnEvaluator(bank_dir, query_dir, cfg.image_size, cfg.k, cfg.t, cfg.batch_size, cfg.workers,
                              cfg.chunk_size, cfg.on_bad_image)
     device = dist.select_device(cfg.device)
-    metrics = evaluator.evaluate(ctx.backbone.to(device), device)
-    logger.info("kNN (k=%d, t=%g) on %s: %s in %.1fs", cfg.k, cfg.t, query_dir, metrics, time.perf_counter() - t0)
+    head = load_projection_head(ctx.info.source).to(device) if cfg.features == "head" else None
+    metrics = evaluator.evaluate(ctx.backbone.to(device), device, head=head)
+    logger.info("kNN (k=%d, t=%g, %s features) on %s: %s in %.1fs", cfg.k, cfg.t, cfg.features, query_dir, metrics,
+                time.perf_counter() - t0)
     return metrics

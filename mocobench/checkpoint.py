@@ -152,6 +152,37 @@ def backbone_state_dict(obj: dict, fmt: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
 
+def load_projection_head(source: str | Path) -> nn.Module:
+    """The contrastive projection head saved with a pretraining checkpoint, for scoring its output.
+
+    MoCo v1 / InstDisc: ``fc`` = Linear(D, 128); MoCo v2: ``fc.0`` Linear(D, D), ReLU, ``fc.2``
+    Linear(D, 128) (the official key names). Only checkpoints of a contrastive method hold one: a
+    supervised checkpoint's ``fc`` is its classifier, and torchvision files and ``random`` hold no
+    head; each is an error naming what is missing. Shape: (N, D) -> (N, dim).
+    """
+    if str(source) == "random":
+        raise CheckpointError("a 'random' backbone has no trained projection head (features=head needs a "
+                              "contrastive pretraining checkpoint)")
+    obj = read_checkpoint(source)
+    fmt = detect_format(obj)
+    if fmt not in ("mocobench", "moco_official"):
+        raise CheckpointError(f"checkpoint {source} ({fmt}) holds no projection head: features=head needs a "
+                              "mocobench or official MoCo checkpoint with encoder_q.fc.* (or fc.0.*, fc.2.*)")
+    if obj.get("method") == "supervised":
+        raise CheckpointError(f"checkpoint {source} is a supervised pretraining: its fc is a classifier, not a "
+                              "projection head; use features=backbone")
+    sd = strip_prefix(strip_wrappers(obj["state_dict"]), obj.get("backbone_prefix", "encoder_q.") + "fc.")
+    if set(sd) == {"weight", "bias"}:
+        head: nn.Module = nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0])
+    elif set(sd) == {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        head = nn.Sequential(nn.Linear(*sd["0.weight"].shape[::-1]), nn.ReLU(), nn.Linear(*sd["2.weight"].shape[::-1]))
+    else:
+        raise CheckpointError(f"checkpoint {source} has no projection head of a known shape: expected fc.weight/"
+                              f"fc.bias (v1) or fc.0.*/fc.2.* (v2) under the encoder, found fc keys {sorted(sd)}")
+    head.load_state_dict(sd)
+    return head.eval()
+
+
 def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0) -> tuple[nn.Module, BackboneInfo]:
     """Build a torchvision ResNet from any supported checkpoint, with ``fc`` replaced by Identity.
 

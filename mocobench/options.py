@@ -25,18 +25,20 @@ def _unwrap_optional(tp):
     return tp, False
 
 
-class IntTuple(click.ParamType):
-    """Comma-separated integers, e.g. ``120,160``."""
+class NumberTuple(click.ParamType):
+    """Comma-separated numbers of one type, e.g. ``120,160`` (int) or ``0.1,0.01`` (float)."""
 
-    name = "INT,INT,..."
+    def __init__(self, item: type = int) -> None:
+        self.item = item
+        self.name = f"{item.__name__.upper()},{item.__name__.upper()},..."
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         try:
-            return tuple(int(v) for v in str(value).split(",") if v.strip())
+            return tuple(self.item(v) for v in str(value).split(",") if v.strip())
         except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+            self.fail(f"{value!r} is not a comma-separated list of {self.item.__name__} values", param, ctx)
 
 
 def click_type(tp) -> click.ParamType | type:
@@ -44,7 +46,7 @@ def click_type(tp) -> click.ParamType | type:
     if typing.get_origin(tp) is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(tp)])
     if typing.get_origin(tp) is tuple:
-        return IntTuple()
+        return NumberTuple(typing.get_args(tp)[0])
     if tp is bool:
         return click.BOOL
     return tp

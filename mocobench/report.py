@@ -36,8 +36,10 @@ QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil"}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
 ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
 FAMILIES = {"classification": ("knn", "linear", "finegrained"), "detection": ("voc_det", "coco_det", "coco_instseg")}
-#: Metrics drawn in the figures (the tables show every metric).
-HEADLINE = {"knn": "top1", "linear": "top1_final", "finegrained": "mean_per_class", "voc_det": "bbox_AP50",
+#: Metrics drawn in the figures (the tables show every metric). linear: best val top-1 over the epochs, the
+#: official main_lincls.py's ``best_acc1``. A results file may name its own (``derived.headline``): finegrained
+#: follows the metric of its data set (mean per class or top-1, as ssl-transfer).
+HEADLINE = {"knn": "top1", "linear": "top1_best", "finegrained": "mean_per_class", "voc_det": "bbox_AP50",
             "coco_det": "bbox_AP", "coco_instseg": "segm_AP"}
 #: Metrics that are not scores (no difference is taken).
 NOT_SCORES = frozenset({"best_epoch", "wd"})
@@ -78,8 +80,8 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
     """One tidy DataFrame of every results file below ``roots``.
 
     Columns: pretraining, task, metric, value, seed, config_hash, protocol, arch, checkpoint,
-    checkpoint_sha256, checkpoint_epoch, recipe, path. ``*_std`` metrics are dropped (recomputed
-    from the per-seed rows). A task run under several protocols becomes ``task@<config hash>``.
+    checkpoint_sha256, checkpoint_epoch, recipe, headline (the task's headline metric), path. ``*_std``
+    metrics are dropped (recomputed from the per-seed rows). A task run under several protocols becomes ``task@<config hash>``.
     """
     rows = []
     for path in find_results(roots):
@@ -92,6 +94,7 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
                 "checkpoint": rec["checkpoint"]["source"], "checkpoint_sha256": rec["checkpoint"].get("sha256"),
                 "checkpoint_epoch": rec["checkpoint"].get("epoch"),
                 "recipe": json.dumps(rec["checkpoint"].get("recipe"), sort_keys=True),
+                "headline": (rec["config"].get("derived") or {}).get("headline") or HEADLINE.get(rec["task"]),
                 "path": str(path),
             }
             runs = (rec["config"].get("derived") or {}).get("runs") or [rec["metrics"]]
@@ -102,12 +105,17 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
         except (KeyError, TypeError) as e:
             raise ResultsError(f"results file {path} lacks a field of schema 1: {e}") from e
     cols = ["pretraining", "task", "metric", "value", "seed", "config_hash", "protocol", "arch", "checkpoint",
-            "checkpoint_sha256", "checkpoint_epoch", "recipe", "path"]
+            "checkpoint_sha256", "checkpoint_epoch", "recipe", "headline", "path"]
     df = pd.DataFrame(rows, columns=cols)
     # Numbers of one task under different protocols never share a column: tag the task with its hash.
     n_protocols = df.groupby("task")["config_hash"].transform("nunique")
     df["task"] = df["task"].where(n_protocols == 1, df["task"] + "@" + df["config_hash"])
     return df
+
+
+def headlines(df: pd.DataFrame) -> dict[str, str]:
+    """The headline metric of each (tagged) task column, as its results files name it."""
+    return {t: h for t, h in df.groupby("task")["headline"].first().items() if isinstance(h, str)}
 
 
 def _row_order(names) -> list[str]:
@@ -230,7 +238,7 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
     s = summary(df)
     paths = []
     for family, tasks in FAMILIES.items():
-        cols = sorted({(t, HEADLINE[t.split("@")[0]]) for t in s["task"].unique() if t.split("@")[0] in tasks}
+        cols = sorted({(t, h) for t, h in headlines(df).items() if t.split("@")[0] in tasks}
                       & set(zip(s["task"], s["metric"], strict=True)), key=lambda c: (tasks.index(c[0].split("@")[0]), c[0]))
         if not cols:
             continue
@@ -314,7 +322,7 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
         return []
     for key, values in swept.items():
         for task in sorted(s["task"].unique()):
-            metric = HEADLINE.get(task.split("@")[0])
+            metric = headlines(df).get(task)
             hit = s[(s["task"] == task) & (s["metric"] == metric) & s["pretraining"].isin(values)]
             if hit.empty:
                 continue

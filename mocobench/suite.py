@@ -35,7 +35,7 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
     "cpu-small": (
         TaskSpec("knn", "imagenette-96", ("image_size=64",)),
         TaskSpec("linear", "imagenette-96", ("image_size=64", "mode=cached")),
-        TaskSpec("finegrained", "flowers102-sub", ("image_size=64",)),
+        TaskSpec("finegrained", "flowers102-sub", ("image_size=64", "metric=mean_per_class")),  # Flowers' metric
         TaskSpec("coco_det", "coco-mini", _SMALL_DET),
         TaskSpec("voc_det", "voc-from-coco", (*_SMALL_DET, "train_sets=07")),  # the set has VOC2007 only
     ),

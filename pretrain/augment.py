@@ -76,6 +76,22 @@ def eval_transform(image_size: int = 224) -> T.Compose:
     )
 
 
+def ssl_transfer_eval_transform(image_size: int = 224) -> T.Compose:
+    """Resize(size, bicubic) on the short side + CenterCrop(size) + normalise: the many-shot transfer
+    transform of Ericsson et al. 2021 (linusericsson/ssl-transfer @ 416913f, ``linear.py`` L274-279;
+    Kornblith et al. 2019 likewise), which keeps the whole short side (the ImageNet eval transform
+    drops about 23% of the square)."""
+    return T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def ssl_transfer_train_transform(image_size: int = 224) -> T.Compose:
+    """RandomResizedCrop(size, bicubic) + flip + normalise: ssl-transfer's fine-tuning views
+    (``finetune.py`` L338-343)."""
+    return T.Compose([T.RandomResizedCrop(image_size, interpolation=T.InterpolationMode.BICUBIC),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 class TwoCrops:
     """Two independent views of one decoded image (official ``TwoCropsTransform``)."""
 

@@ -63,13 +63,31 @@ def test_supervised_pretraining_feeds_the_same_reader(synth, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ report
-def _results(root, pretraining, task, metrics, seed=0, config=None, runs=None, version=1):
+def _results(root, pretraining, task, metrics, seed=0, config=None, runs=None, version=1, derived=None):
     d = root / pretraining / task
     d.mkdir(parents=True)
     rec = {"schema_version": version, "task": task, "pretraining": pretraining, "metrics": metrics, "seed": seed,
            "checkpoint": {"source": "random", "format": "random", "arch": "resnet18", "epoch": 0, "sha256": None},
-           "config": {"data": "/x/imagenette", "k": 200, **(config or {}), "derived": {"runs": runs} if runs else {}}}
+           "config": {"data": "/x/imagenette", "k": 200, **(config or {}),
+                      "derived": {**({"runs": runs} if runs else {}), **(derived or {})}}}
     (d / "results.json").write_text(json.dumps(rec))
+
+
+def test_headlines_are_linear_best_top1_and_the_finegrained_metric_of_its_data_set(tmp_path):
+    """linear: main_lincls.py's best_acc1 (top1_best), with top1_final still in the table; finegrained: the metric
+    its results file names (top-1 for Cars, mean per class for Flowers, as ssl-transfer)."""
+    from mocobench.report import headlines
+
+    _results(tmp_path, "moco_v2", "linear", {"top1_best": 60.0, "top1_final": 58.0})
+    _results(tmp_path / "a", "moco_v2", "finegrained", {"top1": 50.0, "mean_per_class": 45.0},
+             config={"dataset": "cars"}, derived={"headline": "top1"})
+    _results(tmp_path / "b", "moco_v2", "finegrained", {"top1": 50.0, "mean_per_class": 45.0},
+             config={"dataset": "flowers102"}, derived={"headline": "mean_per_class"})
+    df = collect([tmp_path])
+    h = headlines(df)
+    assert h["linear"] == "top1_best"
+    assert sorted(v for k, v in h.items() if k.startswith("finegrained@")) == ["mean_per_class", "top1"]
+    assert ("linear", "top1_final") in formatted_pivot(df).columns
 
 
 def test_report_means_stds_deltas_and_missing_cells(tmp_path):
