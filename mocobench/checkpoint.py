@@ -216,4 +216,6 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0) ->
     epoch = obj.get("epoch") if fmt != "torchvision" else None
     config = obj.get("config") if fmt == "mocobench" else None
     recipe = {k: config.get(k) for k in RECIPE_KEYS} if isinstance(config, dict) else None
+    if recipe is not None and isinstance(obj.get("bn_groups"), dict):  # the splits used, when left to the default
+        recipe["bn_splits"] = obj["bn_groups"].get("splits_per_process", recipe["bn_splits"])
     return model, BackboneInfo(str(source), fmt, found, method, epoch, file_sha256(source), recipe)

@@ -30,7 +30,8 @@ BOOKKEEPING = frozenset({
     "eval_only", "stop_at", "warm_start", "derived", "on_bad_image",
 })
 #: Recipe settings that do not apply to a method (left out of the pretrainings table).
-NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size")}
+NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size"),
+                  "simclr": ("moco_m", "queue_size")}
 #: Speed settings shown in the recipes table only when they are not at their default.
 QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil"}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
@@ -290,13 +291,19 @@ def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
     return _save_figure(fig, out / "fig_pretraining_curves.png")
 
 
-#: Recipe settings that a sweep varies; "negatives" is K (queue or bank samples), or 2N - 2 for end_to_end.
+#: Recipe settings that a sweep varies. "negatives" is the x-axis of the paper's Fig. 3, K: the queue or the
+#: bank samples, and for end_to_end the batch size N (its negatives are "K - 1 in end-to-end"); simclr, not in
+#: the figure, is placed at its number of negatives, 2N - 2.
 SWEPT = ("moco_m", "negatives", "bn_splits", "moco_t", "epochs", "lr")
 
 
 def _swept_value(recipe: dict, key: str):
-    if key == "negatives" and recipe.get("method") in ("moco_v1", "moco_v2", "memory_bank", "end_to_end"):
-        return 2 * recipe["batch_size"] - 2 if recipe["method"] == "end_to_end" else recipe["queue_size"]
+    if key == "negatives":
+        method = recipe.get("method")
+        if method in ("moco_v1", "moco_v2", "memory_bank"):
+            return recipe["queue_size"]
+        if method in ("end_to_end", "simclr"):
+            return recipe["batch_size"] if method == "end_to_end" else 2 * recipe["batch_size"] - 2
     return recipe.get(key)
 
 
@@ -341,7 +348,8 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
                 ax.xaxis.set_major_formatter(ScalarFormatter())
             else:
                 ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-            ax.set(xlabel=key, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
+            xlabel = "K (queue / bank samples; end_to_end: batch N, K - 1 negatives)" if key == "negatives" else key
+            ax.set(xlabel=xlabel, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
             ax.legend(fontsize=7)
             fig.tight_layout()
             paths.append(_save_figure(fig, out / f"fig_sweep_{key}_{task.replace('@', '_')}.png"))

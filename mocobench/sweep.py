@@ -6,7 +6,8 @@ scores against the swept setting (it reads the recipe stored in each checkpoint)
 skipped: an interrupted sweep resumes (a point's pretraining resumes from its last checkpoint).
 
 Sweeps (arXiv 1911.05722): ``momentum`` (Table 1: m in {0, 0.9, 0.99, 0.999, 0.9999}),
-``negatives`` (Fig. 3: K for moco_v2 and memory_bank, the batch size for end_to_end),
+``negatives`` (Fig. 3: K for moco_v2 and memory_bank, the batch size N = K for the paper's end_to_end,
+whose negatives are the K - 1 other keys of the batch),
 ``shuffle_bn`` (Fig. A.1: shuffling BN on (8 BN splits) and off (1)).
 """
 

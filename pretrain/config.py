@@ -16,7 +16,7 @@ from mocobench.datasets import OnBadImage, on_bad_image_option
 from mocobench.options import option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-METHODS = ("moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank")
+METHODS = ("moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank", "simclr")
 MOCO_METHODS = ("moco_v1", "moco_v2")
 
 #: Method recipes: MoCo v1 (arXiv 1911.05722 sec. 3.3/4) and v2 (arXiv 2003.04297 table 1),
@@ -27,12 +27,18 @@ _MOCO = {"lr": 0.03, "epochs": 200, "lr_milestones": (120, 160)}
 RECIPES: dict[str, dict[str, object]] = {
     "moco_v1": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
     "moco_v2": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
-    # The paper's mechanism comparison (Fig. 3): the same encoder, head, augmentation and schedule as
-    # moco_v2; only the negatives and the key update differ (mocobench.pretrain.mechanisms).
-    "end_to_end": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    # The paper's end-to-end mechanism (Fig. 2a) under the recipe of its Fig. 3 comparison, MoCo v1's;
+    # memory_bank keeps moco_v2's recipe (as the committed ablations ran it); simclr (NT-Xent) moco_v2's too.
+    # Only the negatives and the key update differ from MoCo (mocobench.pretrain.mechanisms).
+    "end_to_end": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
     "memory_bank": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    "simclr": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
     "supervised": {"lr": 0.1, "epochs": 90, "lr_milestones": (30, 60), "lr_schedule": "step", "bn_splits": 1},
 }
+
+
+#: BN groups over the global batch in the paper's setting (8 GPUs, BN per GPU, 256 / 8 = 32 images each).
+PAPER_BN_GROUPS = 8
 
 
 class ConfigError(ValueError):
@@ -46,10 +52,11 @@ class PretrainConfig:
 
     data: str = option("", "ImageFolder tree or plain folder of training images (labels are used by supervised only).", required=True)
     out: str = option("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
-    method: Literal["moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank"] = option(
+    method: Literal["moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank", "simclr"] = option(
         "moco_v2",
         "moco_v1 (arXiv 1911.05722), moco_v2 (2003.04297), supervised (labels + cross-entropy: the baseline), "
-        "or the paper's other mechanisms: end_to_end (negatives from the batch) and memory_bank (InstDisc).",
+        "the paper's other mechanisms: end_to_end (InfoNCE, the batch's keys as negatives, v1 recipe) and "
+        "memory_bank (InstDisc), or simclr (SimCLR's NT-Xent, 2N-2 negatives).",
     )
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = option(
         "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
@@ -76,8 +83,10 @@ class PretrainConfig:
     aug: Literal["v1", "v2"] | None = option(None, "Augmentation: v1, or v2 (aug+ with blur).")
     bn_splits: int | None = option(
         None,
-        "BN statistics per sub-batch (shuffling BN on one process, as the MoCo CIFAR demo). "
-        "Default: 8 on one process, 1 under torchrun (the real cross-process shuffle); 1 for supervised.",
+        "BN statistics per sub-batch of each process (shuffling BN inside a process, as the MoCo CIFAR demo). "
+        "Default: the paper's 8 BN groups in the global batch (8 GPUs x 32 images at 256): 8 on one process, "
+        "8/W under torchrun with W processes (4 on 2, 1 on 8 or more), lowered to the nearest split that "
+        "divides the per-process batch; 1 for supervised.",
     )
     on_bad_image: OnBadImage = on_bad_image_option()
     detect_anomaly: bool = option(False, "torch.autograd anomaly detection: name the operation that made a NaN (slow).")
@@ -137,7 +146,15 @@ class PretrainConfig:
         return self.lr * self.batch_size / 256
 
     def effective_bn_splits(self, world: int) -> int:
-        return self.bn_splits if self.bn_splits is not None else (8 if world == 1 else 1)
+        """BN groups per process: ``bn_splits``, or by default the paper's :data:`PAPER_BN_GROUPS` groups over
+        the global batch (arXiv 1911.05722 sec. 3.3: BN per GPU, 8 GPUs of 32 images; so a one-process run and
+        a W-process run see the same BN batch size), the largest split up to ``8 // W`` that leaves at least
+        2 images per group."""
+        if self.bn_splits is not None:
+            return self.bn_splits
+        local = self.per_process_batch(world)
+        target = max(1, PAPER_BN_GROUPS // world)
+        return next(s for s in range(target, 0, -1) if s == 1 or (local % s == 0 and local // s >= 2))
 
     def validate(self, world: int = 1) -> None:
         """Raise :class:`ConfigError` naming the option, before any work starts."""

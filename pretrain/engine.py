@@ -46,8 +46,8 @@ from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
 from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
 from mocobench.pretrain.batch_augment import CollateViews, TensorViews
-from mocobench.pretrain.config import RESUMABLE_CHANGES, ConfigError, PretrainConfig
-from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank
+from mocobench.pretrain.config import PAPER_BN_GROUPS, RESUMABLE_CHANGES, ConfigError, PretrainConfig
+from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank, SimCLR
 from mocobench.pretrain.moco import MoCo
 from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.pretrain.split_bn import split_bn_resnet
@@ -108,7 +108,7 @@ class Progress:
 #: A pretraining method as the loop sees it: ``inputs(batch)``, ``forward(*inputs, generator) ->
 #: (logits, labels, state)`` (cross-entropy of logits against labels is the loss), ``after_step(state)``,
 #: ``backbone`` and ``backbone_prefix``. The methods differ only inside these classes.
-Method = MoCo | Supervised | EndToEnd | MemoryBank
+Method = MoCo | Supervised | EndToEnd | SimCLR | MemoryBank
 
 
 def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_images: int = 0) -> Method:
@@ -124,8 +124,8 @@ def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_image
     if cfg.method == "supervised":
         return Supervised(resnet(num_classes))
     encoder_fn = partial(resnet, cfg.dim)
-    if cfg.method == "end_to_end":
-        return EndToEnd(encoder_fn, temperature=cfg.moco_t, mlp=cfg.mlp)
+    if cfg.method in ("end_to_end", "simclr"):
+        return (EndToEnd if cfg.method == "end_to_end" else SimCLR)(encoder_fn, temperature=cfg.moco_t, mlp=cfg.mlp)
     if cfg.method == "memory_bank":
         return MemoryBank(encoder_fn, num_images, cfg.dim, cfg.queue_size, cfg.moco_t, cfg.bank_momentum, cfg.mlp)
     return MoCo(encoder_fn, dim=cfg.dim, queue_size=cfg.queue_size, m=cfg.moco_m, temperature=cfg.moco_t, mlp=cfg.mlp)
@@ -164,6 +164,9 @@ def make_checkpoint(cfg, method, optimizer, scaler, progress: Progress, shuffle_
         "method": cfg.method,
         "backbone_prefix": method.backbone_prefix,
         "config": cfg.to_dict(),
+        # The BN groups actually used (bn_splits may be unset in the config: the default depends on the processes).
+        "bn_groups": {"splits_per_process": cfg.effective_bn_splits(dist.get_world_size()),
+                      "processes": dist.get_world_size()},
         "step_in_epoch": progress.step,
         "global_step": progress.global_step,
         "scheduler": {"name": cfg.lr_schedule, "lr": optimizer.param_groups[0]["lr"]},
@@ -231,6 +234,11 @@ def check_resumable(payload: dict, cfg: PretrainConfig, path: Path, world: int =
     # A field added after the checkpoint was written counts as its default (older runs never changed it).
     defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
     saved = {k: saved.get(k, defaults.get(k)) for k in current}
+    used = payload.get("bn_groups") or {}
+    if "splits_per_process" in used and used.get("processes") == world:  # recorded since the 8-group default
+        saved["bn_splits"] = used["splits_per_process"]
+    elif saved["bn_splits"] is None and world > 1:  # older checkpoints: the default was one group per process
+        saved["bn_splits"] = 1
     for c in (saved, current):
         c["bn_splits"] = dataclasses.replace(cfg, bn_splits=c["bn_splits"]).effective_bn_splits(world)
     diff = {k: (saved[k], v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved[k] != v}
@@ -469,6 +477,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
             yaml.safe_dump({"config": cfg.to_dict(), "derived": derived, "versions": package_versions()}, sort_keys=False)
         )
     logger.info("%s %s on %d images: %s", cfg.method, cfg.arch, len(images), derived)
+    splits = derived["bn_splits"]
+    logger.info("BN: %d group(s) per process x %d process(es), %d images per group%s", splits, world,
+                local_batch // splits, "" if cfg.bn_splits is not None else
+                f" (default: the paper's {PAPER_BN_GROUPS} groups of the global batch as near as the processes allow)")
 
     monitor = None
     if cfg.knn_train and dist.is_main():

@@ -1,4 +1,5 @@
-"""The two other contrastive mechanisms of the MoCo paper's comparison (arXiv 1911.05722, Fig. 2 and 3).
+"""The two other contrastive mechanisms of the MoCo paper's comparison (arXiv 1911.05722, Fig. 2 and 3),
+and SimCLR's NT-Xent (arXiv 2002.05709), a different loss that is often mistaken for the first.
 
 Everything else is shared with MoCo (:mod:`mocobench.pretrain.moco`): the encoder and its head, the
 augmentation, the loss (cross-entropy over logits / T, positive at ``labels``) and the training loop.
@@ -8,8 +9,11 @@ Only the source of the negatives and the update of the keys differ:
 mechanism       negatives                                   keys / key encoder
 ==============  ==========================================  =============================================
 ``moco_*``      queue of the last K keys                    momentum encoder ``k = m k + (1 - m) q``
-``end_to_end``  the other 2N - 2 views of the batch         the query encoder itself, back-propagated
-                (NT-Xent, SimCLR arXiv 2002.05709)
+``end_to_end``  the other keys of the (global) batch: the   the query encoder itself, back-propagated
+                paper's Fig. 2a, MoCo's InfoNCE with the    (the paper's Fig. 3 plots it at K = the
+                batch as the dictionary (K - 1 negatives)   batch size N: "K - 1 in end-to-end")
+``simclr``      the other 2N - 2 views of the batch, in     the same encoder, back-propagated; both
+                both directions (NT-Xent)                   views are queries
 ``memory_bank`` K entries sampled from a bank of one        bank entry of the image, updated after the
                 feature per training image (InstDisc,       step: ``v = normalise(m_b v + (1 - m_b) q)``
                 arXiv 1805.01978)                           (m_b = ``--bank-momentum``, 0.5)
@@ -56,8 +60,51 @@ def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tu
     return logits, labels
 
 
+def end_to_end_logits(q: torch.Tensor, k: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's InfoNCE (paper eq. 1) with the keys of the whole batch as the dictionary: each query's own key
+    is its positive, the other N - 1 keys of the global batch its negatives.
+
+    Shape: q, k (B, C) L2-normalised (local) -> logits (B, B * world) = q . k_all^T / T, labels (B,) the
+    column of each query's own key (differentiable through the keys of every rank).
+    """
+    keys = all_gather_with_grad(k)
+    labels = dist.get_rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)
+    return q @ keys.T / temperature, labels
+
+
 class EndToEnd(nn.Module):
-    """Negatives from the current batch; one encoder, trained through both views."""
+    """The paper's end-to-end mechanism: queries and keys from the same encoder, both back-propagated, and
+    the batch as the dictionary (arXiv 1911.05722, Fig. 2a; Fig. 3 runs it under the v1 recipe)."""
+
+    backbone_prefix = "encoder."
+
+    def __init__(self, encoder_fn: Callable[[], nn.Module], temperature: float = 0.07, mlp: bool = False) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.encoder = encoder_fn()
+        if mlp:
+            add_mlp_head(self.encoder)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder
+
+    inputs = staticmethod(MoCo.inputs)  # ((query view, key view), labels) batches, as MoCo
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None):
+        """Shape: (B, 3, H, W) x 2 -> logits (B, B * world), labels (B,), None. Queries and keys go through
+        the encoder in two passes, as MoCo's two encoders (BN statistics per view)."""
+        q = F.normalize(self.encoder(im_q), dim=1)
+        k = F.normalize(self.encoder(im_k), dim=1)
+        logits, labels = end_to_end_logits(q, k, self.temperature)
+        return logits, labels, None
+
+    def after_step(self, state: None) -> None:
+        """Nothing outside the optimiser: the keys are the query encoder's."""
+
+
+class SimCLR(nn.Module):
+    """SimCLR's NT-Xent: negatives from the current batch in both directions; one encoder, both views."""
 
     backbone_prefix = "encoder."
 

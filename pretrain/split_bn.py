@@ -7,8 +7,11 @@ statistics; the running statistics are the mean over the groups. In eval mode it
 ``j``), as the demo does: on NCHW memory ``(N, C, H, W) -> (N/s, s*C, H, W)`` is a view, so the split
 costs no copy. :func:`split_bn_resnet` reorders the encoder's input batch so that group ``j`` is the
 ``j``-th contiguous chunk, and restores the order of its output: one process with ``--bn-splits W``
-then computes exactly what W processes with plain BN compute on their local batches (the official
-multi-GPU shuffle BN). The reordering touches only the input images and the output features, which
+then computes the same forward outputs, losses and gradients (so the same weights and queue) as W
+processes with plain BN on their local batches (the official multi-GPU shuffle BN). The saved BN
+running statistics differ: here they average the W groups' statistics, while a W-process run saves
+rank 0's, which saw its own group only (none of them is used in training; eval-mode features of the
+two checkpoints differ slightly). The reordering touches only the input images and the output features, which
 are small; every other layer works per sample. The parameter and buffer names are BatchNorm2d's, so
 checkpoints stay torchvision-compatible.
 """

@@ -29,11 +29,24 @@ def test_defaults_are_the_published_recipes():
 def test_derived_values_are_computed_not_stored():
     c = PretrainConfig(data="d", out="o", batch_size=64, queue_size=4096).resolved()
     assert c.scaled_lr() == pytest.approx(0.0075) and c.lr == 0.03
-    assert c.effective_bn_splits(1) == 8 and c.effective_bn_splits(4) == 1 and c.bn_splits is None
+    assert c.effective_bn_splits(1) == 8 and c.bn_splits is None
     assert c.per_process_batch(4) == 16
     with pytest.raises(ConfigError, match="--batch-size 64 must be divisible by the 3 processes"):
         c.validate(world=3)
     assert PretrainConfig.from_dict(c.resolved().to_dict()) == c.resolved()
+
+
+def test_default_bn_groups_are_the_papers_eight_whatever_the_processes():
+    """The paper's BN batch: 8 groups of the global batch (8 GPUs x 32 images at 256). Before, any torchrun run
+    got one group per process (256/W images); now W processes split 8/W ways, as near as the batch allows."""
+    c = PretrainConfig(data="d", out="o", batch_size=256, queue_size=4096).resolved()
+    per_group = {w: c.per_process_batch(w) // c.effective_bn_splits(w) for w in (1, 2, 4, 8, 16)}
+    assert {w: c.effective_bn_splits(w) for w in (1, 2, 4, 8, 16)} == {1: 8, 2: 4, 4: 2, 8: 1, 16: 1}
+    assert per_group == {1: 32, 2: 32, 4: 32, 8: 32, 16: 16}
+    small = PretrainConfig(data="d", out="o", batch_size=12, queue_size=4092).resolved()
+    assert small.effective_bn_splits(1) == 6 and small.effective_bn_splits(2) == 3  # the largest split that fits
+    small.validate(world=2)
+    assert PretrainConfig(data="d", out="o", batch_size=256, bn_splits=1).effective_bn_splits(2) == 1  # explicit
 
 
 def test_lr_schedules_match_main_moco():

@@ -124,27 +124,33 @@ def _e2e_run(model: nn.Module, module: nn.Module, rank: int, local_b: int):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-def _e2e() -> nn.Module:
-    from mocobench.pretrain.mechanisms import EndToEnd
+E2E_METHODS = ("end_to_end", "simclr")
+
+
+def _e2e(method: str) -> nn.Module:
+    from mocobench.pretrain.mechanisms import EndToEnd, SimCLR
 
     torch.manual_seed(0)  # GroupNorm: no batch statistics, so W processes must equal one process exactly
-    return EndToEnd(lambda: torchvision.models.resnet18(num_classes=8, norm_layer=lambda c: nn.GroupNorm(4, c)),
-                    temperature=0.5).double()
+    cls = EndToEnd if method == "end_to_end" else SimCLR
+    return cls(lambda: torchvision.models.resnet18(num_classes=8, norm_layer=lambda c: nn.GroupNorm(4, c)),
+               temperature=0.5).double()
 
 
 def _e2e_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     tdist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    module = _e2e()
-    torch.save(_e2e_run(DistributedDataParallel(module), module, rank, LOCAL_B), Path(out) / f"e2e{rank}.pt")
+    for method in E2E_METHODS:
+        module = _e2e(method)
+        torch.save(_e2e_run(DistributedDataParallel(module), module, rank, LOCAL_B), Path(out) / f"{method}{rank}.pt")
     tdist.destroy_process_group()
 
 
 def test_end_to_end_negatives_across_two_processes_give_the_one_process_gradient(tmp_path):
     mp.start_processes(_e2e_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
-    r0 = torch.load(tmp_path / "e2e0.pt")
-    module = _e2e()
-    ref = _e2e_run(module, module, 0, WORLD * LOCAL_B)
-    for k, v in ref.items():
-        torch.testing.assert_close(r0[k], v, rtol=1e-9, atol=1e-9, msg=k)
+    for method in E2E_METHODS:  # the paper's end-to-end and SimCLR's NT-Xent
+        r0 = torch.load(tmp_path / f"{method}0.pt")
+        module = _e2e(method)
+        ref = _e2e_run(module, module, 0, WORLD * LOCAL_B)
+        for k, v in ref.items():
+            torch.testing.assert_close(r0[k], v, rtol=1e-9, atol=1e-9, msg=f"{method} {k}")

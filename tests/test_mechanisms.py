@@ -1,4 +1,5 @@
-"""The paper's other mechanisms (end_to_end, memory_bank) against hand-written references, and runs."""
+"""The paper's other mechanisms (end_to_end, memory_bank) and SimCLR's NT-Xent against hand-written
+references, and runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torchvision
 from helpers import TINY, run_cli
 
 from mocobench.checkpoint import load_backbone, read_checkpoint
-from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank, nt_xent_logits
+from mocobench.pretrain.config import RECIPES
+from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank, SimCLR, end_to_end_logits, nt_xent_logits
 from mocobench.pretrain.moco import contrastive_logits
 
 
@@ -31,15 +33,37 @@ def test_nt_xent_matches_the_simclr_loss_written_as_loops():
     assert labels.tolist() == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4] and torch.isinf(logits.diagonal()).all()
 
 
-def test_end_to_end_back_propagates_through_both_views():
+def test_end_to_end_is_infonce_with_the_batch_as_dictionary_written_as_loops():
+    """The paper's eq. 1 per query, the positive its own key and the K - 1 other keys of the batch the
+    negatives (Fig. 3: "K - 1 in end-to-end"); not NT-Xent (which also contrasts views with views)."""
     torch.manual_seed(0)
-    model = EndToEnd(lambda: torchvision.models.resnet18(num_classes=16), temperature=0.2, mlp=True)
+    q, k = (F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=1) for _ in range(2))
+    t = 0.07
+    logits, labels = end_to_end_logits(q, k, t)
+    losses = [-math.log(math.exp(float(q[i] @ k[i]) / t) / sum(math.exp(float(q[i] @ k[j]) / t) for j in range(6)))
+              for i in range(6)]
+    assert logits.shape == (6, 6) and labels.tolist() == list(range(6))
+    assert F.cross_entropy(logits, labels).item() == pytest.approx(sum(losses) / 6, abs=1e-10)
+    nt, nt_labels = nt_xent_logits(q, k, t)
+    assert F.cross_entropy(nt, nt_labels).item() != pytest.approx(sum(losses) / 6, abs=1e-3)
+
+
+def test_end_to_end_runs_under_the_v1_recipe_and_simclr_keeps_nt_xent():
+    assert {k: RECIPES["end_to_end"][k] for k in ("moco_t", "mlp", "aug", "lr_schedule")} == \
+        {k: RECIPES["moco_v1"][k] for k in ("moco_t", "mlp", "aug", "lr_schedule")}
+    assert RECIPES["simclr"]["moco_t"] == 0.2 and RECIPES["simclr"]["mlp"]
+
+
+@pytest.mark.parametrize("cls,shape", [(EndToEnd, (4, 4)), (SimCLR, (8, 8))])
+def test_end_to_end_and_simclr_back_propagate_through_both_views(cls, shape):
+    torch.manual_seed(0)
+    model = cls(lambda: torchvision.models.resnet18(num_classes=16), temperature=0.2, mlp=True)
     x1 = torch.randn(4, 3, 32, 32, requires_grad=True)
     x2 = torch.randn(4, 3, 32, 32, requires_grad=True)
     logits, labels, _ = model(x1, x2)
     F.cross_entropy(logits, labels).backward()
     assert x1.grad.abs().sum() > 0 and x2.grad.abs().sum() > 0  # the "keys" are not detached
-    assert logits.shape == (8, 8)
+    assert logits.shape == shape
 
 
 def test_memory_bank_samples_negatives_and_updates_seen_entries_only():
@@ -61,7 +85,7 @@ def test_memory_bank_samples_negatives_and_updates_seen_entries_only():
     assert torch.equal(model.bank[untouched], before[untouched])
 
 
-@pytest.mark.parametrize("method", ["end_to_end", "memory_bank"])
+@pytest.mark.parametrize("method", ["end_to_end", "simclr", "memory_bank"])
 def test_mechanisms_train_and_feed_the_reader(synth, tmp_path, method):
     out = tmp_path / method
     run_cli(["pretrain", "--data", synth / "train", "--out", out, "--method", method, "--epochs", "1", *TINY])

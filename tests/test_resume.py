@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import TINY, run_cli
 
-from mocobench.checkpoint import read_checkpoint
+from mocobench.checkpoint import load_backbone, read_checkpoint
 from mocobench.pretrain.config import ConfigError, PretrainConfig
 from mocobench.pretrain.engine import check_resumable
 
@@ -206,8 +206,12 @@ def test_a_checkpoint_from_before_a_new_option_still_resumes(synth, reference, t
 
 
 def test_bn_splits_compares_by_the_splits_used_and_monitor_settings_may_change(reference):
-    """Unset --bn-splits is 8 on one process: an explicit 8 resumes it, 4 does not."""
+    """Unset --bn-splits is 8 on one process: an explicit 8 resumes it, 4 does not. The splits used are
+    recorded (bn_groups); a checkpoint from before that record, under torchrun, had one group per process."""
     payload = read_checkpoint(reference / "checkpoint_last.pth")
+    assert payload["bn_groups"] == {"splits_per_process": 2, "processes": 1}
+    assert load_backbone(reference / "checkpoint_last.pth")[1].recipe["bn_splits"] == 2
+    del payload["bn_groups"]
     payload["config"]["bn_splits"] = None
     cfg = PretrainConfig(**{k: v for k, v in payload["config"].items() if k in PretrainConfig.__dataclass_fields__})
     check_resumable(payload, dataclasses.replace(cfg, bn_splits=8), Path("x.pth"), world=1)
@@ -216,3 +220,8 @@ def test_bn_splits_compares_by_the_splits_used_and_monitor_settings_may_change(r
                     Path("x.pth"), world=1)
     with pytest.raises(ConfigError, match="bn_splits: checkpoint 8 vs now 4"):
         check_resumable(payload, dataclasses.replace(cfg, bn_splits=4), Path("x.pth"), world=1)
+    with pytest.raises(ConfigError, match="bn_splits: checkpoint 1 vs now 4"):  # old 2-process run, new default
+        check_resumable(payload, dataclasses.replace(cfg, bn_splits=None), Path("x.pth"), world=2)
+    check_resumable(payload, dataclasses.replace(cfg, bn_splits=1), Path("x.pth"), world=2)
+    payload["bn_groups"] = {"splits_per_process": 4, "processes": 2}
+    check_resumable(payload, dataclasses.replace(cfg, bn_splits=4), Path("x.pth"), world=2)
