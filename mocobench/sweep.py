@@ -55,6 +55,23 @@ def sweep_points(name: str, values: tuple[str, ...] = ()) -> tuple[dict, ...]:
     return points
 
 
+#: Recipe fields a point that changes ``method`` takes from the base method, unless the base sets them: the
+#: paper compares mechanisms under one recipe (arXiv 1911.05722, Fig. 3: "We adopt the same pretext task and
+#: only vary the contrastive loss mechanism"). The paper ran it under the v1 recipe: pass its fields to the sweep
+#: (``--moco-t 0.07 --no-mlp --aug v1 --lr-schedule step``) and every point uses them.
+SHARED_RECIPE = ("moco_t", "mlp", "aug", "lr_schedule", "lr_milestones")
+
+
+def point_config(base: PretrainConfig, run_dir: str | Path, changes: dict) -> PretrainConfig:
+    """The pretraining config of one point: ``base`` with ``changes``; a mechanism point keeps the base's recipe."""
+    cfg = dataclasses.replace(base, out=str(run_dir), resume="auto", **changes)
+    if "method" in changes and changes["method"] != base.method:
+        ref = base.resolved()
+        cfg = dataclasses.replace(cfg, **{k: getattr(ref, k) for k in SHARED_RECIPE
+                                          if getattr(base, k) is None and k not in changes})
+    return cfg
+
+
 def run_sweep(name: str, base: PretrainConfig, out: str | Path, knn_data: str, knn_overrides: tuple[str, ...] = (),
               values: tuple[str, ...] = ()) -> list[Path]:
     """Pretrain every point of sweep ``name`` from ``base`` (its ``out`` is replaced), then kNN; returns
@@ -73,7 +90,7 @@ def run_sweep(name: str, base: PretrainConfig, out: str | Path, knn_data: str, k
             logger.info("[%d/%d] %s: done already, skipping", i, len(points), label)
             results.append(knn_results)
             continue
-        cfg = dataclasses.replace(base, out=str(run_dir), resume="auto", **changes)
+        cfg = point_config(base, run_dir, changes)
         logger.info("[%d/%d] %s: pretraining into %s", i, len(points), label, run_dir)
         try:
             ckpt = pretrain(cfg)

@@ -7,7 +7,20 @@ from helpers import TINY, run_cli
 
 from mocobench.checkpoint import read_checkpoint
 from mocobench.results import read_results
-from mocobench.sweep import SweepError, point_label, sweep_points
+from mocobench.pretrain.config import PretrainConfig
+from mocobench.sweep import SweepError, point_config, point_label, sweep_points
+
+
+def test_mechanism_points_share_the_base_recipe():
+    """Fig. 3 varies only the mechanism: an end_to_end point of a moco_v2 sweep keeps moco_v2's T, head,
+    augmentation and schedule (its own default is the v1 recipe); explicit base fields win everywhere."""
+    base = PretrainConfig(data="d", out="o", method="moco_v2", batch_size=64, queue_size=256)
+    e2e = point_config(base, "x", {"method": "end_to_end", "batch_size": 32}).resolved()
+    assert (e2e.method, e2e.moco_t, e2e.mlp, e2e.aug, e2e.lr_schedule) == ("end_to_end", 0.2, True, "v2", "cosine")
+    assert PretrainConfig(data="d", out="o", method="end_to_end").resolved().moco_t == 0.07
+    v1 = PretrainConfig(data="d", out="o", moco_t=0.07, mlp=False, aug="v1", lr_schedule="step")
+    bank = point_config(v1, "x", {"method": "memory_bank", "queue_size": 256}).resolved()
+    assert (bank.moco_t, bank.mlp, bank.aug, bank.lr_schedule) == (0.07, False, "v1", "step")
 
 
 def test_sweep_points_are_the_papers_values():
