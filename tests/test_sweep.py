@@ -6,8 +6,8 @@ import pytest
 from helpers import TINY, run_cli
 
 from mocobench.checkpoint import read_checkpoint
-from mocobench.results import read_results
 from mocobench.pretrain.config import PretrainConfig
+from mocobench.results import read_results
 from mocobench.sweep import SweepError, point_config, point_label, sweep_points
 
 
