@@ -72,13 +72,12 @@ def end_to_end_logits(q: torch.Tensor, k: torch.Tensor, temperature: float) -> t
     return q @ keys.T / temperature, labels
 
 
-class EndToEnd(nn.Module):
-    """The paper's end-to-end mechanism: queries and keys from the same encoder, both back-propagated, and
-    the batch as the dictionary (arXiv 1911.05722, Fig. 2a; Fig. 3 runs it under the v1 recipe)."""
+class _BatchNegatives(nn.Module):
+    """One encoder (with its head), back-propagated through both views; the negatives come from the batch."""
 
     backbone_prefix = "encoder."
 
-    def __init__(self, encoder_fn: Callable[[], nn.Module], temperature: float = 0.07, mlp: bool = False) -> None:
+    def __init__(self, encoder_fn: Callable[[], nn.Module], temperature: float, mlp: bool) -> None:
         super().__init__()
         self.temperature = temperature
         self.encoder = encoder_fn()
@@ -90,6 +89,17 @@ class EndToEnd(nn.Module):
         return self.encoder
 
     inputs = staticmethod(MoCo.inputs)  # ((query view, key view), labels) batches, as MoCo
+
+    def after_step(self, state: None) -> None:
+        """Nothing outside the optimiser: the keys are the query encoder's."""
+
+
+class EndToEnd(_BatchNegatives):
+    """The paper's end-to-end mechanism: queries and keys from the same encoder, both back-propagated, and
+    the batch as the dictionary (arXiv 1911.05722, Fig. 2a; Fig. 3 runs it under the v1 recipe)."""
+
+    def __init__(self, encoder_fn: Callable[[], nn.Module], temperature: float = 0.07, mlp: bool = False) -> None:
+        super().__init__(encoder_fn, temperature, mlp)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None):
         """Shape: (B, 3, H, W) x 2 -> logits (B, B * world), labels (B,), None. Queries and keys go through
@@ -99,36 +109,18 @@ class EndToEnd(nn.Module):
         logits, labels = end_to_end_logits(q, k, self.temperature)
         return logits, labels, None
 
-    def after_step(self, state: None) -> None:
-        """Nothing outside the optimiser: the keys are the query encoder's."""
 
-
-class SimCLR(nn.Module):
+class SimCLR(_BatchNegatives):
     """SimCLR's NT-Xent: negatives from the current batch in both directions; one encoder, both views."""
 
-    backbone_prefix = "encoder."
-
     def __init__(self, encoder_fn: Callable[[], nn.Module], temperature: float = 0.2, mlp: bool = True) -> None:
-        super().__init__()
-        self.temperature = temperature
-        self.encoder = encoder_fn()
-        if mlp:
-            add_mlp_head(self.encoder)
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.encoder
-
-    inputs = staticmethod(MoCo.inputs)  # ((query view, key view), labels) batches, as MoCo
+        super().__init__(encoder_fn, temperature, mlp)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None):
         """Shape: (B, 3, H, W) x 2 -> logits (2B, 2B * world), labels (2B,), None."""
         z = F.normalize(self.encoder(torch.cat([im_q, im_k])), dim=1)
         logits, labels = nt_xent_logits(*z.chunk(2), self.temperature)
         return logits, labels, None
-
-    def after_step(self, state: None) -> None:
-        """Nothing outside the optimiser: the keys are the query encoder's."""
 
 
 class MemoryBank(nn.Module):
