@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mocobench import dist
-from mocobench.pretrain.moco import MoCo, add_mlp_head, contrastive_logits
+from mocobench.pretrain.moco import MoCo, add_mlp_head, batch_shuffle, contrastive_logits
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -60,14 +60,13 @@ def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tu
     return logits, labels
 
 
-def end_to_end_logits(q: torch.Tensor, k: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def end_to_end_logits(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's InfoNCE (paper eq. 1) with the keys of the whole batch as the dictionary: each query's own key
     is its positive, the other N - 1 keys of the global batch its negatives.
 
-    Shape: q, k (B, C) L2-normalised (local) -> logits (B, B * world) = q . k_all^T / T, labels (B,) the
-    column of each query's own key (differentiable through the keys of every rank).
+    Shape: q (B, C) this rank's queries, keys (world * B, C) the global batch's keys in batch order (both
+    L2-normalised) -> logits (B, world * B) = q . keys^T / T, labels (B,) the column of each query's own key.
     """
-    keys = all_gather_with_grad(k)
     labels = dist.get_rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)
     return q @ keys.T / temperature, labels
 
@@ -103,10 +102,13 @@ class EndToEnd(_BatchNegatives):
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None):
         """Shape: (B, 3, H, W) x 2 -> logits (B, B * world), labels (B,), None. Queries and keys go through
-        the encoder in two passes, as MoCo's two encoders (BN statistics per view)."""
+        the encoder in two passes, as MoCo's two encoders, and the keys with shuffled BN as MoCo's: the
+        paper (sec. 3.3) uses it "for both MoCo and its end-to-end ablation counterpart". The keys are
+        gathered differentiably and put back in batch order, so every rank back-propagates into them."""
         q = F.normalize(self.encoder(im_q), dim=1)
+        im_k, idx_unshuffle = batch_shuffle(im_k, generator)
         k = F.normalize(self.encoder(im_k), dim=1)
-        logits, labels = end_to_end_logits(q, k, self.temperature)
+        logits, labels = end_to_end_logits(q, all_gather_with_grad(k)[idx_unshuffle], self.temperature)
         return logits, labels, None
 
 
