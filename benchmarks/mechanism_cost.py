@@ -61,7 +61,7 @@ print(json.dumps({'step_s': step_s, 'peak_extra_bytes': peak - before}))
 def main(batches: str, steps: int, device: str, arch: str, size: int, name: str) -> None:
     rows = []
     for batch in (int(b) for b in batches.split(",")):
-        for method in ("moco_v2", "end_to_end", "memory_bank"):
+        for method in ("moco_v2", "end_to_end", "simclr", "memory_bank"):
             out = subprocess.run([sys.executable, "-c", CHILD, method, str(batch), str(steps), device, arch, str(size)],
                                  capture_output=True, text=True)
             if out.returncode != 0:  # out of memory is a result here (the note: batch 4096 is intractable)

@@ -49,6 +49,10 @@ class DetectionConfig:
     opts: tuple[str, ...] = option((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
 
 
+#: Config fields that do not apply to a task (left out of the report's protocol table and config hash).
+UNUSED_FIELDS = {"voc_det": ("schedule",), "coco_det": ("train_sets",), "coco_instseg": ("train_sets",)}
+
+
 def _config_file(task: str, cfg: DetectionConfig) -> str:
     if task == "voc_det":
         return f"voc_R_50_{cfg.head}_24k_moco.yaml"
@@ -79,7 +83,7 @@ def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str
                             cfg.dist_url, cfg.resume, cfg.eval_only))
         logger.info("%s run %d/%d: %s", task, i + 1, cfg.repeats, runs[-1])
     ctx.derived.update(config_file=_config_file(task, cfg), num_classes=splits[2], runs=runs,
-                       train_datasets=list(splits[0]))
+                       train_datasets=list(splits[0]), unused=list(UNUSED_FIELDS[task]))
     metrics = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
     if cfg.repeats > 1:
         metrics.update({f"{k}_std": statistics.stdev(r[k] for r in runs) for k in runs[0]})

@@ -60,7 +60,7 @@ from mocobench.pretrain.augment import (
 logger = logging.getLogger(__name__)
 
 #: torchvision datasets read from --data without downloading: name -> (class, train, val or None, test).
-#: ``None`` val: a stratified ``val_fraction`` of train is held out (seeded).
+#: ``None`` val: ``val_fraction`` of train is held out by ssl-transfer's NumPy shuffle under ``split_seed``.
 TORCHVISION_SETS = {
     "flowers102": ("Flowers102", {"split": "train"}, {"split": "val"}, {"split": "test"}),
     "pets": ("OxfordIIITPet", {"split": "trainval"}, None, {"split": "test"}),
@@ -210,6 +210,7 @@ def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float
     train_tf, test_tf = cfg.transforms()
     ctx.derived.update(headline=metric, transform=" ".join(repr(test_tf).split()), split_seed=cfg.split_seed)
     if cfg.protocol == "finetune":
+        ctx.derived["train_transform"] = " ".join(repr(train_tf).split())
         return _finetune(cfg, ctx, ctx.backbone.to(device), device, metric, train_tf, test_tf)
     splits = load_splits(cfg, {"train": test_tf, "val": test_tf, "test": test_tf})
     t0 = time.perf_counter()

@@ -60,8 +60,10 @@ def find_results(roots: list[str | Path]) -> list[Path]:
 
 
 def protocol(config: dict[str, Any]) -> dict[str, Any]:
-    """The config fields that define a number (``BOOKKEEPING`` removed); data folders by their name."""
-    out = {k: v for k, v in config.items() if k not in BOOKKEEPING}
+    """The config fields that define a number (``BOOKKEEPING`` removed, and the fields the task names as
+    not applying to it, ``derived.unused``); data folders by their name."""
+    unused = set((config.get("derived") or {}).get("unused") or ())
+    out = {k: v for k, v in config.items() if k not in BOOKKEEPING and k not in unused}
     if out.get("data"):
         out["data"] = Path(out["data"]).name
     opts = out.get("opts")

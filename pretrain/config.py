@@ -27,11 +27,11 @@ _MOCO = {"lr": 0.03, "epochs": 200, "lr_milestones": (120, 160)}
 RECIPES: dict[str, dict[str, object]] = {
     "moco_v1": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
     "moco_v2": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
-    # The paper's end-to-end mechanism (Fig. 2a) under the recipe of its Fig. 3 comparison, MoCo v1's;
-    # memory_bank keeps moco_v2's recipe (as the committed ablations ran it); simclr (NT-Xent) moco_v2's too.
-    # Only the negatives and the key update differ from MoCo (mocobench.pretrain.mechanisms).
+    # The paper's other mechanisms (Fig. 2) under the recipe of its Fig. 3 comparison, MoCo v1's (for the
+    # memory bank also InstDisc's own: T 0.07, a linear 128-d head); simclr (NT-Xent) takes moco_v2's. Only
+    # the negatives and the key update differ from MoCo (mocobench.pretrain.mechanisms).
     "end_to_end": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
-    "memory_bank": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
+    "memory_bank": {**_MOCO, "moco_t": 0.07, "mlp": False, "aug": "v1", "lr_schedule": "step"},
     "simclr": {**_MOCO, "moco_t": 0.2, "mlp": True, "aug": "v2", "lr_schedule": "cosine"},
     "supervised": {"lr": 0.1, "epochs": 90, "lr_milestones": (30, 60), "lr_schedule": "step", "bn_splits": 1},
 }

@@ -237,7 +237,7 @@ def check_resumable(payload: dict, cfg: PretrainConfig, path: Path, world: int =
     used = payload.get("bn_groups") or {}
     if "splits_per_process" in used and used.get("processes") == world:  # recorded since the 8-group default
         saved["bn_splits"] = used["splits_per_process"]
-    elif saved["bn_splits"] is None and world > 1:  # older checkpoints: the default was one group per process
+    elif not used and saved["bn_splits"] is None and world > 1:  # older checkpoints: one group per process
         saved["bn_splits"] = 1
     for c in (saved, current):
         c["bn_splits"] = dataclasses.replace(cfg, bn_splits=c["bn_splits"]).effective_bn_splits(world)

@@ -38,6 +38,7 @@ def test_pretrain_v1_with_knn_monitor_on_the_synthetic_set(synth, tmp_path):
     sd = read_checkpoint(out / "checkpoint_last.pth")["state_dict"]
     assert "module.encoder_q.fc.weight" in sd and "module.encoder_q.fc.0.weight" not in sd  # v1: one fc layer
     assert (out / "log.txt").read_text().count("epoch 1/1") == 1
+    assert "BN: 2 group(s) per process x 1 process(es), 8 images per group" in (out / "log.txt").read_text()
 
 
 @pytest.mark.parametrize(

@@ -57,16 +57,17 @@ def test_preprocessing_is_bicubic_short_side_224_then_centre_crop(shared_data):
     from torchvision.transforms.functional import to_tensor
 
     path = next((shared_data / "flowers102-sub" / "train").rglob("*.jpg"))
-    img = Image.open(path).convert("RGB")
+    img = Image.open(path).convert("RGB").resize((500, 375), Image.BICUBIC)  # a short side that is not 224
     w, h = img.size
-    scale = 224 / min(w, h)
-    size = (224, round(h * scale)) if w <= h else (round(w * scale), 224)
+    size = (224, int(224 * h / w)) if w <= h else (int(224 * w / h), 224)  # torchvision: int() of the long side
+    bilinear = img.resize(size, Image.BILINEAR)
     ref = img.resize(size, Image.BICUBIC)
     left, top = round((ref.width - 224) / 2), round((ref.height - 224) / 2)
     ref = to_tensor(ref.crop((left, top, left + 224, top + 224)))
     _, tf = FinegrainedConfig().transforms()
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(tf(img) * std + mean, ref, atol=1e-6, rtol=0)
+    assert not torch.allclose(to_tensor(bilinear.crop((left, top, left + 224, top + 224))), ref, atol=1e-3)
     _, old = FinegrainedConfig(preprocess="imagenet").transforms()
     assert not torch.allclose(old(img), tf(img), atol=1e-2)
 

@@ -73,6 +73,19 @@ def _results(root, pretraining, task, metrics, seed=0, config=None, runs=None, v
     (d / "results.json").write_text(json.dumps(rec))
 
 
+def test_negatives_axis_is_the_papers_k_and_unused_fields_leave_the_protocol():
+    """Fig. 3's x-axis: K for the queue and the bank, the batch size N for end_to_end ("K - 1 in end-to-end"),
+    and simclr at its 2N - 2 negatives; a field a task names as not applying (voc_det's COCO schedule) is not
+    part of its protocol or hash."""
+    from mocobench.report import _swept_value, protocol
+
+    assert _swept_value({"method": "end_to_end", "batch_size": 32, "queue_size": 65536}, "negatives") == 32
+    assert _swept_value({"method": "simclr", "batch_size": 32}, "negatives") == 62
+    assert _swept_value({"method": "memory_bank", "batch_size": 32, "queue_size": 256}, "negatives") == 256
+    voc = {"data": "/d/VOCdevkit", "schedule": "2x", "train_sets": "07", "derived": {"unused": ["schedule"]}}
+    assert protocol(voc) == {"data": "VOCdevkit", "train_sets": "07"}
+
+
 def test_headlines_are_linear_best_top1_and_the_finegrained_metric_of_its_data_set(tmp_path):
     """linear: main_lincls.py's best_acc1 (top1_best), with top1_final still in the table; finegrained: the metric
     its results file names (top-1 for Cars, mean per class for Flowers, as ssl-transfer)."""
