@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from torch import nn
@@ -77,6 +79,9 @@ TORCHVISION_SETS = {
 #: Data sets scored by mean per-class accuracy (ssl-transfer linear.py L394-406: aircraft, caltech101, flowers,
 #: pets); every other set, and a plain folder, by top-1.
 MEAN_PER_CLASS_SETS = frozenset({"aircraft", "flowers102", "pets"})
+#: Fields of one protocol that the other does not read (left out of the report's protocol and hash).
+PROTOCOL_FIELDS = {"linear": ("wd_min", "wd_max", "grid_size", "max_iter", "warm_start"),
+                   "finetune": ("ft_lrs", "ft_wds", "ft_steps", "ft_batch_size")}
 #: How the L2 grid is walked (recorded in the results): from the weakest regularisation up, as ssl-transfer.
 GRID_ORDER = "ascending wd (C = 1/wd from large to small); ties keep the first, i.e. the smallest wd"
 
@@ -151,14 +156,20 @@ def select_and_fit(
     """
     clf = LogisticRegression(max_iter=max_iter, warm_start=warm_start)
     curve, best = [], None
-    for wd in np.sort(np.asarray(wds)):
-        clf.set_params(C=1.0 / wd)
-        clf.fit(*train)
-        curve.append({"wd": float(wd), **score(val[1], clf.predict(val[0]))})
-        if best is None or curve[-1][metric] > best[metric]:
-            best = curve[-1]
-    clf.set_params(C=1.0 / best["wd"])
-    clf.fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    with warnings.catch_warnings(record=True) as caught:  # counted once below (ssl-transfer silences them, L79)
+        warnings.simplefilter("always", ConvergenceWarning)
+        for wd in np.sort(np.asarray(wds)):
+            clf.set_params(C=1.0 / wd)
+            clf.fit(*train)
+            curve.append({"wd": float(wd), **score(val[1], clf.predict(val[0]))})
+            if best is None or curve[-1][metric] > best[metric]:
+                best = curve[-1]
+        clf.set_params(C=1.0 / best["wd"])
+        clf.fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    stopped = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if stopped:
+        logger.info("finegrained: %d of %d L-BFGS fits stopped at max_iter=%d (as in the reference protocol)",
+                    stopped, len(curve) + 1, max_iter)
     return {"wd": best["wd"], "val": best[metric], "test": score(test[1], clf.predict(test[0])), "curve": curve}
 
 
@@ -208,7 +219,8 @@ def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float
     device = dist.select_device(cfg.device)
     metric = cfg.resolved_metric()
     train_tf, test_tf = cfg.transforms()
-    ctx.derived.update(headline=metric, transform=" ".join(repr(test_tf).split()), split_seed=cfg.split_seed)
+    ctx.derived.update(headline=metric, transform=" ".join(repr(test_tf).split()), split_seed=cfg.split_seed,
+                       unused=[f for p, fields in PROTOCOL_FIELDS.items() if p != cfg.protocol for f in fields])
     if cfg.protocol == "finetune":
         ctx.derived["train_transform"] = " ".join(repr(train_tf).split())
         return _finetune(cfg, ctx, ctx.backbone.to(device), device, metric, train_tf, test_tf)

@@ -350,7 +350,7 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
                 ax.xaxis.set_major_formatter(ScalarFormatter())
             else:
                 ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-            xlabel = "K (queue / bank samples; end_to_end: batch N, K - 1 negatives)" if key == "negatives" else key
+            xlabel = "K (queue or bank; end_to_end: batch N = K)" if key == "negatives" else key
             ax.set(xlabel=xlabel, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
             ax.legend(fontsize=7)
             fig.tight_layout()

@@ -80,7 +80,6 @@ def test_holdout_split_is_ssl_transfers_numpy_shuffle():
     assert val == sorted(indices[:20]) and train == sorted(indices[20:])
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=200 keeps it short
 def test_linear_protocol_on_real_flowers(shared_data, synth, tmp_path):
     run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "pre", "--epochs", "1", "--max-steps", "1", *TINY])
     out = tmp_path / "fg"
@@ -94,6 +93,7 @@ def test_linear_protocol_on_real_flowers(shared_data, synth, tmp_path):
     assert d["C_chosen"] == pytest.approx(1 / d["wd_chosen"])
     assert d["headline"] == "mean_per_class" and d["max_iter"] == 200 and d["split_seed"] == 0
     assert "Resize(size=32, interpolation=bicubic" in d["transform"] and d["grid_order"].startswith("ascending wd")
+    assert "ft_steps" in d["unused"] and "grid_size" not in d["unused"]  # not part of the linear protocol's hash
 
 
 def test_finetune_protocol_runs(synth, tmp_path):
