@@ -225,11 +225,12 @@ def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float
         ctx.derived["train_transform"] = " ".join(repr(train_tf).split())
         return _finetune(cfg, ctx, ctx.backbone.to(device), device, metric, train_tf, test_tf)
     splits = load_splits(cfg, {"train": test_tf, "val": test_tf, "test": test_tf})
+    net = ctx.backbone.to(device)
     t0 = time.perf_counter()
     feats = {}
     for k, ds in splits.items():
         loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
-        f, y = extract_features(ctx.backbone.to(device), loader, device, normalize=False)
+        f, y = extract_features(net, loader, device, normalize=False)
         feats[k] = (f.cpu().double().numpy(), y.cpu().numpy())
     t_feat = time.perf_counter() - t0
     wds = np.logspace(cfg.wd_min, cfg.wd_max, cfg.grid_size)
