@@ -15,6 +15,7 @@ from typing import Literal
 from mocobench import dist
 from mocobench.convert import torchvision_to_detectron2, write_detectron2
 from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.layouts import NORMALIZATIONS
 from mocobench.options import option
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ def _config_file(task: str, cfg: DetectionConfig) -> str:
     return f"coco_R_50_{cfg.head}_{cfg.schedule}_moco.yaml"
 
 
+def pixel_stats(normalize: str) -> list[str]:
+    """detectron2 ``MODEL.PIXEL_MEAN/STD`` (RGB, 0-255 scale) of an input normalisation other than the
+    shipped configs' ImageNet one (``mocobench.layouts.NORMALIZATIONS``), as opts."""
+    if normalize == "imagenet":
+        return []
+    mean, std = NORMALIZATIONS[normalize]
+    return ["MODEL.PIXEL_MEAN", str([round(255 * m, 4) for m in mean]), "MODEL.PIXEL_STD",
+            str([round(255 * s, 4) for s in std])]
+
+
 def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str, float]:
     from mocobench.transfer import detection as det  # detectron2 from here on
 
@@ -72,13 +83,16 @@ def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str
         raise TaskError("norm=SyncBN needs GPUs with several processes; use norm=naiveSyncBN on the CPU")
     if cfg.repeats < 1:
         raise TaskError(f"repeats must be at least 1, got {cfg.repeats}")
+    if ctx.info.stem != "standard":
+        raise TaskError(f"the checkpoint's ResNet has a small-image stem ({ctx.info.stem}: 3x3 stride-1 conv1, no "
+                        "max-pool); detectron2's ResNet stem is 7x7 stride 2 with a max-pool, so detection cannot use it")
     splits = det.register_data(task, cfg.data, cfg.train_sets)
     weights = write_detectron2(torchvision_to_detectron2(ctx.backbone.state_dict()), ctx.out / "backbone_d2.pkl")
     runs = []
     for i in range(cfg.repeats):
         run_dir = ctx.out / (f"d2_run{i}" if cfg.repeats > 1 else "d2")
         d2cfg = det.build_cfg(task, _config_file(task, cfg), str(weights), run_dir, depth, splits, cfg.norm,
-                              cfg.preset, list(cfg.opts), ctx.seed + i, device)
+                              cfg.preset, [*pixel_stats(ctx.info.normalize), *cfg.opts], ctx.seed + i, device)
         runs.append(det.run(d2cfg, task, cfg.data, cfg.train_sets, cfg.num_procs, cfg.num_machines, cfg.machine_rank,
                             cfg.dist_url, cfg.resume, cfg.eval_only))
         logger.info("%s run %d/%d: %s", task, i + 1, cfg.repeats, runs[-1])

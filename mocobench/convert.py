@@ -11,70 +11,44 @@ official script only prints). Works for BasicBlock (ResNet-18/34) and Bottleneck
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mocobench.atomic import atomic_write
 from mocobench.checkpoint import (
     CheckpointError,
+    LoadOptions,
     atomic_save,
-    backbone_state_dict,
-    detect_format,
-    read_checkpoint,
+    load_backbone,
+    read_restricted_pickle,
 )
+from mocobench.resnet_keys import d2_to_tv, tv_to_d2
 
-_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_D2_KEY = re.compile(
-    rf"^(stem\.conv1\.(weight|norm\.{_BN})|res[2-5]\.\d+\.(conv[1-3]|shortcut)\.(weight|norm\.{_BN}))$"
-)
-_TV_KEY = re.compile(
-    rf"^((conv1\.weight|bn1\.{_BN})|layer[1-4]\.\d+\.((conv[1-3]\.weight)|(bn[1-3]\.{_BN})|downsample\.0\.weight|"
-    rf"downsample\.1\.{_BN}))$"
-)
+
+def _rename(state_dict: dict[str, torch.Tensor], rename, skip: str | None, what: str) -> dict[str, torch.Tensor]:
+    out, bad = {}, []
+    for key, value in state_dict.items():
+        if skip and key.startswith(skip):
+            continue
+        new = rename(key)
+        if new is None:
+            bad.append(key)
+        else:
+            out[new] = value
+    if bad:
+        raise CheckpointError(f"{len(bad)} keys are not {what} and were not converted: {bad}")
+    return out
 
 
 def torchvision_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a torchvision ResNet state dict (``fc.*`` dropped) to detectron2's ResNet names."""
-    out, bad = {}, []
-    for key, value in state_dict.items():
-        if key.startswith("fc."):
-            continue
-        if not _TV_KEY.match(key):
-            bad.append(key)
-            continue
-        k = key if "layer" in key else "stem." + key
-        for t in (1, 2, 3, 4):
-            k = k.replace(f"layer{t}", f"res{t + 1}")
-        for t in (1, 2, 3):
-            k = k.replace(f"bn{t}", f"conv{t}.norm")
-        k = k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
-        assert _D2_KEY.match(k), k
-        out[k] = value
-    if bad:
-        raise CheckpointError(f"{len(bad)} keys are not torchvision ResNet backbone keys and were not converted: {bad}")
-    return out
+    return _rename(state_dict, tv_to_d2, "fc.", "torchvision ResNet backbone keys")
 
 
 def detectron2_to_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse renaming (detectron2 ResNet backbone names -> torchvision)."""
-    out, bad = {}, []
-    for key, value in state_dict.items():
-        if not _D2_KEY.match(key):
-            bad.append(key)
-            continue
-        k = key.removeprefix("stem.")
-        k = k.replace("shortcut.norm", "downsample.1").replace("shortcut", "downsample.0")
-        for t in (1, 2, 3):
-            k = k.replace(f"conv{t}.norm", f"bn{t}")
-        for t in (2, 3, 4, 5):
-            k = k.replace(f"res{t}", f"layer{t - 1}")
-        out[k] = value
-    if bad:
-        raise CheckpointError(f"{len(bad)} keys are not detectron2 ResNet backbone keys: {bad}")
-    return out
+    return _rename(state_dict, d2_to_tv, None, "detectron2 ResNet backbone keys")
 
 
 def write_detectron2(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -94,19 +68,22 @@ def write_detectron2(state_dict: dict[str, torch.Tensor], path: str | Path) -> P
 
 def read_detectron2(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``model`` of a detectron2 pickle as tensors."""
-    with open(path, "rb") as f:
-        data = pickle.load(f, encoding="latin1")
-    return {k: torch.as_tensor(np.asarray(v)) for k, v in data["model"].items()}
+    data = read_restricted_pickle(path)
+    return {k: torch.as_tensor(v) for k, v in data["model"].items()}
 
 
-def convert_checkpoint(source: str | Path, to: str, out: str | Path) -> Path:
+def convert_checkpoint(source: str | Path, to: str, out: str | Path, options: LoadOptions | None = None) -> Path:
     """Any checkpoint that :func:`mocobench.checkpoint.load_backbone` reads -> a detectron2 pickle or a
-    plain torchvision state dict (the backbone, without head)."""
-    obj = read_checkpoint(source)
-    sd = backbone_state_dict(obj, detect_format(obj))
+    plain torchvision state dict (the backbone, without head). Read strictly by the one reader; a
+    small-image stem cannot become a detectron2 ResNet (whose stem is 7x7/2 with max-pool) and is refused."""
+    if to not in ("detectron2", "torchvision"):
+        raise CheckpointError(f"--to {to!r}: expected detectron2 or torchvision")
+    net, info = load_backbone(source, options=options)
+    sd = net.state_dict()
     if to == "detectron2":
+        if info.stem != "standard":
+            raise CheckpointError(f"checkpoint {source} has a small-image stem ({info.stem}: 3x3 stride-1 conv1, no "
+                                  "max-pool); detectron2's ResNet stem is 7x7 stride 2 with a max-pool, so it "
+                                  "cannot be converted")
         return write_detectron2(torchvision_to_detectron2(sd), out)
-    if to == "torchvision":
-        torchvision_to_detectron2(sd)  # validates that every key is a ResNet backbone key
-        return atomic_save(sd, out)
-    raise CheckpointError(f"--to {to!r}: expected detectron2 or torchvision")
+    return atomic_save(sd, out)

@@ -7,8 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-from mocobench.checkpoint import load_backbone
+from mocobench.checkpoint import LoadOptions, load_backbone, set_input_normalization
 from mocobench.evaluators.registry import TaskContext, TaskError, get_task
+from mocobench.layouts import NORMALIZATIONS
 from mocobench.log import setup_logging
 from mocobench.options import apply_overrides
 from mocobench.results import RESULTS_FILE, write_results
@@ -25,10 +26,18 @@ def run_transfer(
     pretraining: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    load: LoadOptions | None = None,
 ) -> Path | None:
     """Load ``checkpoint`` through the one reader, run the task, write results; returns the results path
-    (None when the task stopped early on purpose, e.g. the linear protocol's ``stop_at``)."""
+    (None when the task stopped early on purpose, e.g. the linear protocol's ``stop_at``).
+
+    ``normalize=NAME`` among ``overrides`` replaces the input normalisation the checkpoint expects (its
+    layout's or catalogue entry's); every task feeds the backbone that normalisation and records it."""
     task = get_task(task_name)
+    normalize = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "normalize"]
+    overrides = tuple(o for o in overrides if o.partition("=")[0] != "normalize")
+    if normalize and normalize[-1] not in NORMALIZATIONS:
+        raise TaskError(f"--set normalize={normalize[-1]}: expected one of {', '.join(NORMALIZATIONS)}")
     cfg = task.config_cls()
     upper = [o for o in overrides if o.partition("=")[0][:1].isupper()]
     if upper and hasattr(cfg, "opts"):  # detectron2 config keys (SOLVER.MAX_ITER=200) go to opts
@@ -42,10 +51,15 @@ def run_transfer(
         raise TaskError(f"{out / RESULTS_FILE} exists; pass --overwrite to replace it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(0, out / "log.txt")
-    backbone, info = load_backbone(checkpoint, arch=arch, seed=seed)
-    logger.info("task %s on %s (%s, %s, %s)", task_name, checkpoint, info.format, info.arch, info.method)
+    backbone, info = load_backbone(checkpoint, arch=arch, seed=seed, options=load)
+    if normalize:
+        info = dataclasses.replace(info, normalize=normalize[-1])
+    set_input_normalization(backbone, info.normalize)
+    logger.info("task %s on %s (%s, %s, %s); input normalisation %s %s", task_name, checkpoint, info.format,
+                info.arch, info.method, info.normalize, "(--set normalize)" if normalize else "(the checkpoint's)")
     t0 = time.perf_counter()
     ctx = TaskContext(backbone, info, out, seed)
+    ctx.derived["normalize"] = f"{info.normalize} ({'--set normalize' if normalize else 'the checkpoint'})"
     metrics = task.run(cfg, ctx)
     if metrics is None:
         logger.info("%s stopped before the end; run the same command again to resume (no results yet)", task_name)

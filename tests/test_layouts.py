@@ -1,0 +1,331 @@
+"""Every checkpoint layout of ``mocobench.layouts``: a torchvision ResNet saved the way that framework saves
+it, with its extra parts, reads back to identical backbone tensors (exact equality); what the reader did
+is recorded; unknown keys, unsafe pickles and ambiguous stems are errors that name the problem."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from helpers import run_cli
+
+from mocobench.checkpoint import (
+    CheckpointError,
+    LoadOptions,
+    load_backbone,
+    read_checkpoint,
+    resolve_layout,
+    set_input_normalization,
+)
+from mocobench.layouts import LAYOUTS
+from mocobench.resnet_keys import tv_to_d2
+
+
+class Config:
+    """Stands for a framework's config object (omegaconf, a Lightning AttributeDict...)."""
+
+
+def _resnet(arch: str = "resnet18", seed: int = 0, small: int | None = None) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)()
+    if small is not None:  # a CIFAR stem: 3x3 stride-1 conv1 with this padding, no max-pool
+        net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, small, bias=False)
+        net.maxpool = torch.nn.Identity()
+    for m in net.modules():  # non-trivial BN statistics, so a buffer that is not copied shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.num_batches_tracked.fill_(7)
+    return net
+
+
+def _backbone(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+
+
+def _under(prefix: str, sd: dict) -> dict:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _mlp(prefix: str, dims=(512, 64, 16), bn: bool = True) -> dict[str, torch.Tensor]:
+    """A projection MLP's tensors (Linear, [BN], ReLU, Linear), as the frameworks name them."""
+    out = {f"{prefix}0.weight": torch.randn(dims[1], dims[0]), f"{prefix}0.bias": torch.randn(dims[1])}
+    last = 3 if bn else 2
+    if bn:
+        out.update({f"{prefix}1.weight": torch.ones(dims[1]), f"{prefix}1.bias": torch.zeros(dims[1]),
+                    f"{prefix}1.running_mean": torch.zeros(dims[1]), f"{prefix}1.running_var": torch.ones(dims[1]),
+                    f"{prefix}1.num_batches_tracked": torch.tensor(3)})
+    out.update({f"{prefix}{last}.weight": torch.randn(dims[2], dims[1]), f"{prefix}{last}.bias": torch.randn(dims[2])})
+    return out
+
+
+def _full(net) -> dict[str, torch.Tensor]:
+    """The encoder with its fc (a projection head in place of the classifier)."""
+    sd = _backbone(net)
+    sd.update(_mlp("fc."))
+    return sd
+
+
+# Each builder: net -> the object the framework saves. Sources are in mocobench/layouts.py.
+BUILDERS = {
+    "mocobench": lambda net: {
+        "format": "mocobench", "format_version": 1, "method": "moco_v2", "backbone_prefix": "encoder_q.", "epoch": 3,
+        "state_dict": {**_under("module.encoder_q.", _full(net)), **_under("module.encoder_k.", _full(_resnet())),
+                       "module.queue": torch.randn(16, 32), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}},
+    "moco_official": lambda net: {
+        "epoch": 200, "arch": "resnet18", "optimizer": {"state": {}, "param_groups": []},
+        "state_dict": {**_under("module.encoder_q.", _full(net)), **_under("module.encoder_k.", _full(_resnet())),
+                       "module.queue": torch.randn(16, 32), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}},
+    "moco_v3": lambda net: {
+        "epoch": 100, "arch": "resnet18", "scaler": {"scale": 1.0},
+        "state_dict": {**_under("module.base_encoder.", {**_backbone(net), **_mlp("fc.", (512, 64, 16))}),
+                       **_under("module.momentum_encoder.", {**_backbone(_resnet(seed=1)), **_mlp("fc.")}),
+                       **_mlp("module.predictor.", (16, 64, 16))}},
+    "solo_learn": lambda net: {
+        "epoch": 399, "global_step": 1000, "pytorch-lightning_version": "2.1.0", "hyper_parameters": {"lr": 0.3},
+        "state_dict": {**_under("backbone.", _backbone(net)), **_under("momentum_backbone.", _backbone(_resnet(seed=2))),
+                       **_mlp("projector."), **_mlp("momentum_projector."), **_mlp("predictor.", (16, 64, 16)),
+                       "classifier.weight": torch.randn(10, 512), "classifier.bias": torch.zeros(10)}},
+    "lightly": lambda net: {
+        "epoch": 99, "global_step": 10, "pytorch-lightning_version": "2.1.0", "hyper_parameters": {"lr": 0.3},
+        "state_dict": {**_under("backbone.", _backbone(net)), **_under("key_backbone.", _backbone(_resnet(seed=2))),
+                       **_mlp("projection_head.layers."), **_mlp("key_projection_head.layers."),
+                       "online_classifier.classification_head.weight": torch.randn(10, 512),
+                       "online_classifier.classification_head.bias": torch.zeros(10)}},
+    "mmselfsup": lambda net: {
+        "meta": {"epoch": 200, "mmengine_version": "0.10.0"},
+        "state_dict": {**_under("backbone.", _backbone(net)), **_mlp("neck.mlp."),
+                       **_under("encoder_k.module.0.", _backbone(_resnet(seed=3))), **_mlp("encoder_k.module.1.mlp."),
+                       "encoder_k.steps": torch.tensor(5), "queue": torch.randn(16, 32),
+                       "queue_ptr": torch.zeros(1, dtype=torch.long)}},
+    "vissl": lambda net: {
+        "phase_idx": 10, "iteration": 1000, "type": "checkpoint",
+        "classy_state_dict": {"base_model": {"model": {
+            "trunk": _under("_feature_blocks.", _backbone(net)),
+            "heads": _mlp("0.clf.0.", bn=False)}}}},
+    "dino": lambda net: {
+        "epoch": 100, "args": argparse.Namespace(arch="resnet50", lr=0.3), "dino_loss": {"center": torch.zeros(1, 16)},
+        "teacher": {**_under("module.backbone.", _backbone(net)), **_mlp("module.head.mlp.", bn=False)},
+        "student": {**_under("module.backbone.", _backbone(_resnet(seed=5))), **_mlp("module.head.mlp.", bn=False)}},
+    "swav": lambda net: {**_under("module.", _backbone(net)), **_mlp("module.projection_head.", (512, 64, 16)),
+                         "module.prototypes.weight": torch.randn(30, 16)},
+    "pycontrast": lambda net: {
+        "epoch": 200, "contrast": {"memory": torch.randn(8, 16)},
+        "model": {**_under("module.encoder.", _backbone(net)), **_mlp("module.head.", bn=False),
+                  "module.head_jig.fc1.weight": torch.randn(4, 4)},
+        "model_ema": {**_under("encoder.", _backbone(_resnet(seed=6))), **_mlp("head.", bn=False)}},
+    "barlowtwins": lambda net: {
+        "epoch": 1000, "model": {**_under("module.backbone.", _backbone(net)), **_mlp("module.projector."),
+                                 "module.bn.running_mean": torch.zeros(16), "module.bn.running_var": torch.ones(16),
+                                 "module.bn.num_batches_tracked": torch.tensor(9)}},
+    "torchvision": lambda net: net.state_dict(),
+}
+
+
+def _save(obj, path: Path, layout: str) -> Path:
+    if layout == "detectron2":
+        with open(path, "wb") as f:
+            pickle.dump(obj, f)
+    else:
+        torch.save(obj, path)
+    return path
+
+
+def _d2_pickle(net) -> dict:
+    """What facebookresearch/moco detection/convert-pretrain-to-detectron2.py writes for a MoCo v2 encoder:
+    every key renamed, the MLP head included as stem.fc.* (the official script keeps it)."""
+    model = {tv_to_d2(k): v.numpy() for k, v in _backbone(net).items()}
+    model.update({"stem." + k: v.numpy() for k, v in _mlp("fc.", bn=False).items()})
+    return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
+
+
+BUILDERS["detectron2"] = _d2_pickle
+
+
+BUILDERS["simclr_converted"] = lambda net: {"state_dict": net.state_dict()}
+
+
+def test_every_layout_has_a_builder():
+    assert {layout.name for layout in LAYOUTS} - {"caffe2_msra"} == set(BUILDERS)
+
+
+@pytest.mark.parametrize("layout", sorted(BUILDERS))
+def test_layout_loads_identical_backbone_tensors(tmp_path, layout):
+    net = _resnet(seed=11)
+    path = _save(BUILDERS[layout](net), tmp_path / f"{layout}.ckpt", layout)
+    named = LoadOptions(format="simclr_converted") if layout == "simclr_converted" else None  # its structure is torchvision's
+    got, info = load_backbone(path, options=named)
+    assert info.format == layout
+    ref = _backbone(net)
+    assert got.state_dict().keys() == ref.keys()
+    for k, v in ref.items():
+        assert torch.equal(got.state_dict()[k], v), k
+    assert info.tensors == len(ref) and info.arch == "resnet18" and info.stem == "standard"
+    assert info.dropped or layout == "vissl"  # VISSL keeps its heads beside the trunk, not in it
+    x = torch.randn(2, 3, 32, 32)
+    net.fc = torch.nn.Identity()
+    assert torch.equal(got.eval()(x), net.eval()(x))
+    forced, finfo = load_backbone(path, options=LoadOptions(format=layout))  # --format reads the same file
+    assert finfo.format == layout and torch.equal(forced.conv1.weight, ref["conv1.weight"])
+
+
+def test_dropped_parts_are_listed(tmp_path):
+    path = _save(BUILDERS["solo_learn"](_resnet()), tmp_path / "solo.ckpt", "solo_learn")
+    _, info = load_backbone(path)
+    assert (info.prefix, info.container) == ("backbone.", "state_dict")
+    assert info.dropped == {"classifier": 2, "momentum_backbone": 120, "momentum_projector": 9, "predictor": 9,
+                            "projector": 9}
+
+
+def test_an_unknown_extra_key_is_an_error_that_names_it(tmp_path):
+    obj = BUILDERS["solo_learn"](_resnet())
+    obj["state_dict"]["adapter.weight"] = torch.zeros(3)
+    path = _save(obj, tmp_path / "solo.ckpt", "solo_learn")
+    with pytest.raises(CheckpointError, match=r"solo_learn layout \(backbone under 'state_dict:backbone.', 120 tensors\)"
+                       r" but holds 1 keys that layout does not save: \['adapter.weight'\]. Nothing was loaded"):
+        load_backbone(path)
+    _, info = load_backbone(path, options=LoadOptions(prefix="backbone."))  # the way out the message gives
+    assert info.format == "prefix" and info.dropped["adapter"] == 1
+
+
+def test_a_key_under_the_backbone_that_is_not_resnet_is_an_error(tmp_path):
+    obj = BUILDERS["moco_v3"](_resnet())
+    obj["state_dict"]["module.base_encoder.layer1.0.attn.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=r"'base_encoder.layer1.0.attn.weight'"):
+        load_backbone(_save(obj, tmp_path / "v3.pth", "moco_v3"))
+
+
+def test_prefix_reads_a_made_up_layout(tmp_path):
+    net = _resnet(seed=4)
+    obj = {"weights": 1, "model": {**_under("net.trunk.", _backbone(net)), **_mlp("net.neck."), "ema.step": torch.tensor(4)}}
+    path = _save(obj, tmp_path / "custom.pt", "")
+    with pytest.raises(CheckpointError, match="not any known layout"):
+        load_backbone(path)
+    got, info = load_backbone(path, options=LoadOptions(prefix="net.trunk."))
+    assert (info.format, info.prefix, info.container) == ("prefix", "net.trunk.", "model")
+    assert info.dropped == {"ema": 1, "net": 9}
+    assert torch.equal(got.layer4[1].bn2.running_var, net.layer4[1].bn2.running_var)
+    with pytest.raises(CheckpointError, match="no key 'trunk.conv1.weight'"):
+        load_backbone(path, options=LoadOptions(prefix="trunk."))
+
+
+def test_dino_teacher_is_the_default_and_student_is_named(tmp_path):
+    teacher = _resnet(seed=11)
+    path = _save(BUILDERS["dino"](teacher), tmp_path / "dino_full.pth", "dino")
+    got, info = load_backbone(path)
+    assert info.part == "teacher" and torch.equal(got.conv1.weight, teacher.conv1.weight)
+    got, info = load_backbone(path, options=LoadOptions(part="student"))
+    assert info.part == "student" and torch.equal(got.conv1.weight, _resnet(seed=5).conv1.weight)
+    with pytest.raises(CheckpointError, match="--part query: layout dino has parts teacher, student"):
+        load_backbone(path, options=LoadOptions(format="dino", part="query"))
+
+
+def test_moco_key_encoder_is_a_part(tmp_path):
+    path = _save(BUILDERS["moco_official"](_resnet(seed=11)), tmp_path / "moco.pth.tar", "moco_official")
+    got, info = load_backbone(path, options=LoadOptions(part="key"))
+    assert (info.format, info.part, info.prefix) == ("moco_official", "key", "encoder_k.")
+    assert torch.equal(got.conv1.weight, _resnet().conv1.weight)
+
+
+def test_old_solo_learn_files_keep_the_backbone_under_encoder(tmp_path):
+    net = _resnet(seed=11)
+    obj = BUILDERS["solo_learn"](net)
+    obj["state_dict"] = {("encoder." + k[len("backbone."):] if k.startswith("backbone.") else k): v
+                         for k, v in obj["state_dict"].items()}
+    got, info = load_backbone(_save(obj, tmp_path / "old.ckpt", "solo_learn"))
+    assert (info.format, info.prefix) == ("solo_learn", "encoder.")
+    assert torch.equal(got.layer1[0].conv1.weight, net.layer1[0].conv1.weight)
+
+
+def test_small_image_stems_are_named_never_guessed(tmp_path):
+    net = _resnet(seed=11, small=2)  # solo-learn's CIFAR stem: padding 2
+    path = _save(BUILDERS["solo_learn"](net), tmp_path / "cifar.ckpt", "solo_learn")
+    got, info = load_backbone(path)
+    assert info.stem == "small_pad2" and isinstance(got.maxpool, torch.nn.Identity)
+    net.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(got.eval()(x), net.eval()(x))
+    flat = _save(net.state_dict(), tmp_path / "cifar_flat.pth", "torchvision")  # a flat file does not say
+    with pytest.raises(CheckpointError, match="small-image stem .* --stem small or --stem small_pad2"):
+        load_backbone(flat)
+    _, info = load_backbone(flat, options=LoadOptions(stem="small_pad2"))
+    assert info.stem == "small_pad2"
+    out = tmp_path / "cifar.pkl"
+    result = run_cli(["convert", str(path), "--to", "detectron2", "--out", str(out)], expect_ok=False)
+    assert result.exit_code != 0 and "small-image stem" in result.output and not out.exists()
+
+
+def test_detectron2_pickle_with_an_object_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"stem.conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, "x": Payload()}, f)
+    with pytest.raises(CheckpointError, match=r"asks for pathlib.*touch.*refused \(nothing in the file was run\)"):
+        load_backbone(path)
+    assert not marker.exists()
+
+
+def test_msra_caffe2_weights_are_refused_with_the_reason(tmp_path):
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res_conv1_bn_s": np.ones(64, np.float32),
+                               "res2_0_branch2a_w": np.zeros((64, 64, 1, 1), np.float32)}}, f)
+    with pytest.raises(CheckpointError, match="caffe2_msra.*BGR inputs in 0-255 and put the stride in the 1x1 conv"):
+        load_backbone(path)
+
+
+def test_a_torch_file_that_needs_full_unpickling_is_refused(tmp_path):
+    path = tmp_path / "lightning.ckpt"
+    obj = BUILDERS["solo_learn"](_resnet())
+    obj["hyper_parameters"] = {"cfg": Config()}  # an arbitrary class: not loadable with weights_only
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match="needs full unpickling .* never unpickles untrusted objects"):
+        read_checkpoint(path)
+
+
+def test_legacy_torch_files_load(tmp_path):
+    net = _resnet(seed=11)  # the 2020 MoCo releases predate torch's zip format
+    path = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
+    torch.save(BUILDERS["moco_official"](net), path, _use_new_zipfile_serialization=False)
+    got, info = load_backbone(path)
+    assert info.format == "moco_official" and torch.equal(got.layer2[0].downsample[1].running_mean,
+                                                          net.layer2[0].downsample[1].running_mean)
+
+
+def test_flat_files_name_the_method_only_from_a_classifier(tmp_path):
+    net = _resnet()
+    _, info = load_backbone(_save(net.state_dict(), tmp_path / "sup.pth", "torchvision"))
+    assert info.method == "supervised" and info.dropped == {"fc": 2}
+    _, info = load_backbone(_save(_backbone(net), tmp_path / "barlow.pth", "torchvision"))
+    assert info.method == "unknown" and info.dropped == {}
+
+
+@pytest.mark.parametrize("normalize", ["none", "swav"])
+def test_input_normalisation_maps_the_tasks_input_to_the_checkpoints(normalize):
+    from mocobench.layouts import NORMALIZATIONS
+
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS[normalize])
+    seen = []
+    net = torch.nn.Conv2d(3, 1, 1)
+    net.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    set_input_normalization(net, normalize)
+    rgb = torch.rand(2, 3, 4, 4)
+    imagenet = (rgb - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    net(imagenet)
+    torch.testing.assert_close(seen[0], (rgb - mean) / std, atol=1e-6, rtol=1e-6)
+
+
+def test_structure_not_file_name_decides(tmp_path):
+    net = _resnet()
+    path = _save(BUILDERS["swav"](net), tmp_path / "moco_v2_800ep_pretrain.pth.tar", "swav")
+    assert resolve_layout(read_checkpoint(path)).layout.name == "swav"
