@@ -47,6 +47,30 @@ def pretrain(**options) -> None:
         raise click.ClickException(str(e)) from e
 
 
+def load_options(fn):
+    """``--format``, ``--prefix``, ``--part``, ``--stem``: how the one reader reads a checkpoint whose
+    structure does not say (``mocobench.checkpoint.LoadOptions``); passed to ``fn`` as ``load``."""
+    import functools
+
+    from mocobench.layouts import BY_NAME, STEMS
+
+    @click.option("--format", "fmt", type=click.Choice(list(BY_NAME)), default=None,
+                  help="Force a checkpoint layout (default: recognised from the file's structure).")
+    @click.option("--prefix", default=None, help="Read the ResNet under this key prefix of any layout, e.g. "
+                  "'encoder.' (keys outside it are dropped and listed in results.json).")
+    @click.option("--part", default=None, help="Which backbone of a file holding several (dino: teacher, the "
+                  "default, or student; moco_official: query or key).")
+    @click.option("--stem", type=click.Choice(["standard", *STEMS]), default=None,
+                  help="The stem of a 3x3-conv1 (small-image) ResNet, where its layout does not name it.")
+    @functools.wraps(fn)
+    def wrapper(*args, fmt, prefix, part, stem, **kwargs):
+        from mocobench.checkpoint import LoadOptions
+
+        return fn(*args, load=LoadOptions(fmt, prefix, part, stem), **kwargs)
+
+    return wrapper
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("checkpoint")
 @click.option("--task", "task_name", required=True, help="Task name (mocobench tasks lists them).")
@@ -65,13 +89,16 @@ def pretrain(**options) -> None:
 @click.option("--resume", is_flag=True, default=None, help="Detection: resume the last detectron2 checkpoint.")
 @click.option("--eval-only", is_flag=True, default=None, help="Detection: evaluate only.")
 @click.option("--repeats", type=int, default=None, help="Detection: runs with consecutive seeds (mean and std).")
+@load_options
 def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite, preset, num_gpus,
-             num_machines, machine_rank, dist_url, resume, eval_only, repeats) -> None:
-    """Evaluate CHECKPOINT (a file, or 'random') on one transfer task; writes OUT/results.json.
+             num_machines, machine_rank, dist_url, resume, eval_only, repeats, load) -> None:
+    """Evaluate CHECKPOINT (a file, zoo:NAME, or 'random') on one transfer task; writes OUT/results.json.
 
-    CHECKPOINT may be a mocobench checkpoint, an official MoCo checkpoint, a torchvision ResNet state
-    dict (supervised baseline) or 'random' (with --arch). --set KEY=VALUE overrides a field of the
-    task's config (mocobench tasks lists them); for detection tasks an upper-case KEY
+    CHECKPOINT may be any layout of the README's table (mocobench, official MoCo, MoCo v3, solo-learn,
+    lightly, mmselfsup, VISSL, DINO, SwAV, PyContrast, detectron2 .pkl, a torchvision state dict), a
+    catalogue entry zoo:NAME (mocobench zoo list), or 'random' (with --arch). --set KEY=VALUE overrides a
+    field of the task's config (mocobench tasks lists them); --set normalize=imagenet|swav|none overrides
+    the input normalisation the checkpoint expects; for detection tasks an upper-case KEY
     (--set SOLVER.MAX_ITER=200) overrides the detectron2 config.
     """
     from pathlib import Path
@@ -87,24 +114,25 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     overrides = (*(f"{k}={v}" for k, v in shortcuts.items() if v is not None), *overrides)
     out = out or str(Path("runs") / "transfer" / task_name / Path(checkpoint).stem)
     try:
-        run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite)
+        run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load)
     except (TaskError, DataError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint")
 @click.option("--to", "to", type=click.Choice(["detectron2", "torchvision"]), required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file (.pkl for detectron2).")
-def convert(checkpoint: str, to: str, out: str) -> None:
-    """Convert CHECKPOINT's backbone (any readable format) to detectron2 or plain torchvision weights."""
+@load_options
+def convert(checkpoint: str, to: str, out: str, load) -> None:
+    """Convert CHECKPOINT's backbone (any readable layout, or zoo:NAME) to detectron2 or torchvision weights."""
     from mocobench.checkpoint import CheckpointError
     from mocobench.convert import convert_checkpoint
     from mocobench.log import setup_logging
 
     setup_logging()
     try:
-        path = convert_checkpoint(checkpoint, to, out)
+        path = convert_checkpoint(checkpoint, to, out, load)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from e
     logger.info("wrote %s", path)
@@ -153,10 +181,12 @@ def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir
 @click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE", help="Override a task's config.")
 @click.option("--report", "report_dir", default=None, help="Report folder (default: OUT/report).")
 @click.option("--baseline", default="supervised", show_default=True, help="Row the report's deltas refer to.")
-def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_dir, baseline) -> None:
-    """Run a preset's tasks on each CHECKPOINT ([LABEL=]PATH or 'random'), then write the report.
+@load_options
+def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_dir, baseline, load) -> None:
+    """Run a preset's tasks on each CHECKPOINT ([LABEL=]PATH, [LABEL=]zoo:NAME or 'random'), then write the report.
 
     Pairs that already have results are skipped, so re-running an interrupted suite resumes it.
+    --format/--prefix/--part/--stem apply to every file CHECKPOINT (zoo entries know their layout).
     Example:  mocobench suite moco=runs/v2/checkpoint_last.pth sup=runs/sup/checkpoint_last.pth random
     --arch resnet18 --preset cpu-small --data-root ../shared/data --out runs/suite
     """
@@ -168,7 +198,7 @@ def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_di
     setup_logging()
     _run_then_report(
         lambda: run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch,
-                          overrides),
+                          overrides, load),
         SuiteError, out, report_dir or Path(out) / "report", baseline)
 
 
@@ -276,6 +306,40 @@ def data_fetch(name: str, root: str, mirror: str | None, delete_archives: bool) 
     try:
         fetch(name, root, mirror, keep_archives=not delete_archives)
     except FetchError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.group()
+def zoo() -> None:
+    """The catalogue of published ResNet checkpoints (zoo:NAME wherever a checkpoint is taken)."""
+
+
+@zoo.command("list")
+def zoo_list() -> None:
+    """Print every entry: URL, layout, architecture, checksum, licence and the numbers it should reproduce."""
+    from mocobench.zoo import CATALOGUE, describe
+
+    for entry in CATALOGUE:
+        click.echo(describe(entry))
+
+
+@zoo.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Folder to download into (default: $MOCOBENCH_ZOO or ~/.cache/mocobench/zoo, where zoo:NAME looks).")
+@click.option("--mirror", default=None, help="Base URL that serves the same files (URL/<file name>).")
+def zoo_fetch(names: tuple[str, ...], root: str | None, mirror: str | None) -> None:
+    """Download catalogue entries NAMES (resumable; checksum-verified, or pinned in zoo.lock.json when none
+    is published)."""
+    from mocobench.log import setup_logging
+    from mocobench.zoo import ZooError, fetch_entry, get_entry, zoo_root
+
+    setup_logging()
+    try:
+        for name in names:
+            path, checked = fetch_entry(get_entry(name), root or zoo_root(), mirror)
+            click.echo(f"{name}: {path} ({checked})")
+    except ZooError as e:
         raise click.ClickException(str(e)) from e
 
 

@@ -62,25 +62,42 @@ DATASETS: dict[str, tuple[Resource, ...]] = {
 }
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
+def digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file (``md5`` or ``sha256``)."""
+    h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def download(url: str, dest: Path, md5: str, chunk: int = 1 << 16, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file; verify the MD5.
+def md5sum(path: Path) -> str:
+    return digest(path, "md5")
 
-    A complete ``dest`` whose MD5 matches is kept as it is. A mismatch deletes the download and raises.
+
+def matches(path: Path, checksum: str) -> tuple[bool, str]:
+    """Whether ``path`` has ``checksum``: ``md5:HEX``, ``sha256:HEX`` or a bare MD5. HEX may be the first 8 or
+    more digits only, as torchvision's file names (sha256) and the MoCo README (md5) publish them. Returns
+    (match, the digest found)."""
+    algorithm, _, expected = checksum.rpartition(":")
+    if len(expected) < 8:
+        raise FetchError(f"checksum {checksum!r}: give at least 8 hex digits")
+    got = digest(path, algorithm or "md5")
+    return got.startswith(expected.lower()), got
+
+
+def download(url: str, dest: Path, md5: str | None, chunk: int = 1 << 16, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file; verify the checksum
+    (``md5`` is a bare MD5 or ``ALGORITHM:HEX``, see :func:`matches`; None: nothing to verify against).
+
+    A complete ``dest`` whose checksum matches is kept as it is. A mismatch deletes the download and raises.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        if md5sum(dest) == md5:
+        if md5 is None or matches(dest, md5)[0]:
             logger.info("%s is already complete", dest)
             return dest
-        raise FetchError(f"{dest} exists but its MD5 is not {md5}; delete it to download it again")
+        raise FetchError(f"{dest} exists but its checksum is not {md5}; delete it to download it again")
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={start}-"} if start else {}
@@ -104,10 +121,10 @@ def download(url: str, dest: Path, md5: str, chunk: int = 1 << 16, timeout: floa
     except requests.RequestException as e:
         raise FetchError(f"download of {url} failed ({e}); run the same command again to resume from "
                          f"{part.stat().st_size if part.exists() else 0} bytes") from e
-    got = md5sum(part)
-    if got != md5:
+    ok, got = matches(part, md5) if md5 is not None else (True, "")
+    if not ok:
         part.unlink()
-        raise FetchError(f"{dest.name} from {url}: MD5 {got} is not the published {md5}; the download was deleted")
+        raise FetchError(f"{dest.name} from {url}: checksum {got} is not the expected {md5}; the download was deleted")
     os.replace(part, dest)
     return dest
 

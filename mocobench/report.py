@@ -21,6 +21,7 @@ import pandas as pd
 from mocobench.atomic import atomic_write, atomic_write_text
 from mocobench.metrics import read_metrics
 from mocobench.results import RESULTS_FILE, ResultsError, read_results
+from mocobench.zoo import published_value
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
     """One tidy DataFrame of every results file below ``roots``.
 
     Columns: pretraining, task, metric, value, seed, config_hash, protocol, arch, checkpoint,
-    checkpoint_sha256, checkpoint_epoch, recipe, headline (the task's headline metric), path. ``*_std``
+    checkpoint_sha256, checkpoint_epoch, recipe, headline (the task's headline metric), zoo (the catalogue
+    entry of a ``zoo:NAME`` checkpoint), published and published_source (the number that entry publishes
+    for this task and metric, :mod:`mocobench.zoo`), path. ``*_std``
     metrics are dropped (recomputed from the per-seed rows). A task run under several protocols becomes ``task@<config hash>``.
     """
     rows = []
@@ -98,22 +101,40 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
                 "checkpoint_epoch": rec["checkpoint"].get("epoch"),
                 "recipe": json.dumps(rec["checkpoint"].get("recipe"), sort_keys=True),
                 "headline": (rec["config"].get("derived") or {}).get("headline") or HEADLINE.get(rec["task"]),
-                "path": str(path),
+                "zoo": rec["checkpoint"].get("zoo"), "path": str(path),
             }
             runs = (rec["config"].get("derived") or {}).get("runs") or [rec["metrics"]]
             for i, metrics in enumerate(runs):
                 for name, value in metrics.items():
                     if not name.endswith("_std") and isinstance(value, (int, float)):
-                        rows.append({**base, "metric": name, "value": float(value), "seed": rec["seed"] + i})
+                        pub = published_value(base["zoo"], rec["task"], name)
+                        rows.append({**base, "metric": name, "value": float(value), "seed": rec["seed"] + i,
+                                     "published": pub.value if pub else math.nan,
+                                     "published_source": pub.source if pub else None})
         except (KeyError, TypeError) as e:
             raise ResultsError(f"results file {path} lacks a field of schema 1: {e}") from e
     cols = ["pretraining", "task", "metric", "value", "seed", "config_hash", "protocol", "arch", "checkpoint",
-            "checkpoint_sha256", "checkpoint_epoch", "recipe", "headline", "path"]
+            "checkpoint_sha256", "checkpoint_epoch", "recipe", "headline", "zoo", "published", "published_source",
+            "path"]
     df = pd.DataFrame(rows, columns=cols)
     # Numbers of one task under different protocols never share a column: tag the task with its hash.
     n_protocols = df.groupby("task")["config_hash"].transform("nunique")
     df["task"] = df["task"].where(n_protocols == 1, df["task"] + "@" + df["config_hash"])
     return df
+
+
+def reproduction(df: pd.DataFrame) -> pd.DataFrame:
+    """Measured next to published, for the rows of catalogue checkpoints that publish a number for their
+    task and metric: pretraining, task, metric, measured (mean over seeds), n, published, difference, source."""
+    rows = df[df["published"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=["pretraining", "task", "metric", "measured", "n", "published", "difference",
+                                     "source"])
+    g = rows.groupby(["pretraining", "task", "metric"], sort=False)
+    out = g.agg(measured=("value", "mean"), n=("value", "count"), published=("published", "first"),
+                source=("published_source", "first")).reset_index()
+    out["difference"] = out["measured"] - out["published"]
+    return out[["pretraining", "task", "metric", "measured", "n", "published", "difference", "source"]]
 
 
 def headlines(df: pd.DataFrame) -> dict[str, str]:
@@ -400,6 +421,12 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
         md += _per_task_markdown(dtable.map(_signed))
     elif baseline:
         md += [f"(No `{baseline}` row: no difference table.)", ""]
+    repro = reproduction(df)
+    if not repro.empty:
+        md += ["## Published numbers", "", "Catalogue checkpoints (`zoo:NAME`): the measured mean next to the number "
+               "published for the same file, and where it was published. Only a run of the published protocol "
+               "at full scale (the paper preset) can reproduce it.", "",
+               repro.to_markdown(index=False, floatfmt=".2f"), ""]
     md += ["## Protocols", "", "The settings behind each number (config hash = `config` column of report.csv).", "",
            protos.to_markdown(index=False, disable_numparse=True), "", "## Pretrainings", "", recipes.to_markdown(index=False, disable_numparse=True), ""]
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
@@ -408,6 +435,8 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
             "<h2>Results</h2>", table.to_html(), ]
     if dtable is not None:
         html += [f"<h2>Difference from {baseline}</h2>", _html_delta(dtable)]
+    if not repro.empty:
+        html += ["<h2>Published numbers</h2>", repro.to_html(index=False, float_format="%.2f")]
     html += ["<h2>Protocols</h2>", protos.to_html(index=False), "<h2>Pretrainings</h2>",
              recipes.to_html(index=False), "<h2>Figures</h2>"]
     html += [f"<img src='{p.name}' alt='{p.stem}'>" for p in figures] + ["</body></html>"]

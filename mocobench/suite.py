@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from mocobench.checkpoint import LoadOptions
 from mocobench.log import setup_logging
 from mocobench.results import RESULTS_FILE
 
@@ -62,13 +63,22 @@ class SuiteError(RuntimeError):
 
 
 def parse_checkpoint(arg: str) -> tuple[str, str]:
-    """``[LABEL=]SOURCE`` -> (label, source). The default label is ``random`` or the checkpoint's folder name."""
+    """``[LABEL=]SOURCE`` -> (label, source). The default label is ``random``, the catalogue name of
+    ``zoo:NAME``, or the checkpoint's folder name."""
     label, sep, source = arg.partition("=")
     if not sep:
         source = arg
-        label = "random" if arg == "random" else Path(arg).parent.name or Path(arg).stem
-    if source != "random" and not Path(source).is_file():
-        raise SuiteError(f"checkpoint {source} does not exist (give a file, or 'random' with --arch)")
+        label = (arg if arg == "random" else arg[4:] if arg.startswith("zoo:")
+                 else Path(arg).parent.name or Path(arg).stem)
+    if source.startswith("zoo:"):
+        from mocobench.zoo import ZooError, get_entry
+
+        try:
+            get_entry(source[4:])
+        except ZooError as e:
+            raise SuiteError(str(e)) from e
+    elif source != "random" and not Path(source).is_file():
+        raise SuiteError(f"checkpoint {source} does not exist (give a file, zoo:NAME, or 'random' with --arch)")
     return label, source
 
 
@@ -102,8 +112,10 @@ def run_suite(
     data_root: str | Path = ".",
     arch: str | None = None,
     overrides: tuple[str, ...] = (),
+    load: LoadOptions | None = None,
 ) -> list[Path]:
-    """Run every (checkpoint, task) pair that has no results yet; returns all results files of the suite."""
+    """Run every (checkpoint, task) pair that has no results yet; returns all results files of the suite.
+    ``load`` (how to read a file checkpoint) applies to every file; zoo entries carry their own."""
     from mocobench.transfer.run import run_transfer
 
     specs = select_tasks(preset, tasks)
@@ -130,7 +142,8 @@ def run_suite(
         logger.info("[%d/%d] %s on %s (%s)", i, total, spec.task, label, source)
         error = path = None
         try:
-            path = run_transfer(spec.task, source, task_out, sets, arch, label)  # logs into task_out/log.txt
+            path = run_transfer(spec.task, source, task_out, sets, arch, label,  # logs into task_out/log.txt
+                                load=None if source.startswith("zoo:") else load)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
             error = e
         setup_logging(0, out / "suite.log")

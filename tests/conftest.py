@@ -1,9 +1,11 @@
 """Shared fixtures: the real data folder (``MOCOBENCH_DATA``, default ``../shared/data``), a tiny
-synthetic ImageFolder, and a helper that runs the CLI in-process."""
+synthetic ImageFolder, a helper that runs the CLI in-process, and an HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,46 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; answers ``Range: bytes=N-`` with 206 (the stdlib handler ignores Range)."""
+
+    ranges: list[str] = []
+    fail_after: int | None = None  # close the connection after this many body bytes (an interrupted download)
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        start = int(rng.removeprefix("bytes=").rstrip("-")) if rng else 0
+        type(self).ranges.append(rng)
+        body = data[start:]
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.fail_after is not None:
+            self.wfile.write(body[: self.fail_after])
+            type(self).fail_after = None
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    RangeHandler.ranges, RangeHandler.fail_after = [], None
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(served), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()

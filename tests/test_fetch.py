@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import random
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import RangeHandler
 from helpers import run_cli
 
 from mocobench.fetch import FetchError, Resource, download, fetch_resources
-
-
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; answers ``Range: bytes=N-`` with 206 (the stdlib handler ignores Range)."""
-
-    ranges: list[str] = []
-    fail_after: int | None = None  # close the connection after this many body bytes (an interrupted download)
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        rng = self.headers.get("Range")
-        start = int(rng.removeprefix("bytes=").rstrip("-")) if rng else 0
-        type(self).ranges.append(rng)
-        body = data[start:]
-        self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.fail_after is not None:
-            self.wfile.write(body[: self.fail_after])
-            type(self).fail_after = None
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    RangeHandler.ranges, RangeHandler.fail_after = [], None
-    handler = lambda *a, **k: RangeHandler(*a, directory=str(served), **k)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 def _archive(folder: Path) -> tuple[str, str]:
@@ -102,7 +58,7 @@ def test_a_bad_checksum_or_missing_file_is_an_error_and_leaves_nothing(server, t
     served, base = server
     name, _ = _archive(served)
     dest = tmp_path / "dl" / name
-    with pytest.raises(FetchError, match=f"{name} from .*: MD5 [0-9a-f]{{32}} is not the published 0{{32}}"):
+    with pytest.raises(FetchError, match=f"{name} from .*: checksum [0-9a-f]{{32}} is not the expected 0{{32}}"):
         download(f"{base}/{name}", dest, "0" * 32)
     assert not dest.exists() and not dest.with_name(name + ".part").exists()
     with pytest.raises(FetchError, match="answered HTTP 404"):
