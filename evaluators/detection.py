@@ -73,6 +73,9 @@ def pixel_stats(normalize: str) -> list[str]:
 def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str, float]:
     from mocobench.transfer import detection as det  # detectron2 from here on
 
+    if ctx.info.stem != "standard":
+        raise TaskError(f"the checkpoint's ResNet has a small-image stem ({ctx.info.stem}: 3x3 stride-1 conv1, no "
+                        "max-pool); detectron2's ResNet stem is 7x7 stride 2 with a max-pool, so detection cannot use it")
     depth = DEPTHS.get(ctx.info.arch)
     if depth is None:
         raise TaskError(f"detection needs a ResNet backbone; the checkpoint holds {ctx.info.arch}")
@@ -83,9 +86,6 @@ def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str
         raise TaskError("norm=SyncBN needs GPUs with several processes; use norm=naiveSyncBN on the CPU")
     if cfg.repeats < 1:
         raise TaskError(f"repeats must be at least 1, got {cfg.repeats}")
-    if ctx.info.stem != "standard":
-        raise TaskError(f"the checkpoint's ResNet has a small-image stem ({ctx.info.stem}: 3x3 stride-1 conv1, no "
-                        "max-pool); detectron2's ResNet stem is 7x7 stride 2 with a max-pool, so detection cannot use it")
     splits = det.register_data(task, cfg.data, cfg.train_sets)
     weights = write_detectron2(torchvision_to_detectron2(ctx.backbone.state_dict()), ctx.out / "backbone_d2.pkl")
     runs = []

@@ -301,8 +301,15 @@ def resolve_layout(obj: dict, options: LoadOptions = LoadOptions(), source: str 
             "drops the rest (listed in results.json)")
     sd = obj.get("state_dict")
     first = list(obj)[:8] if not isinstance(sd, dict) else ["state_dict." + k for k in list(sd)[:8]]
-    wanted = f"layout {options.format}" if options.format else f"any known layout ({', '.join(BY_NAME)})"
-    raise CheckpointError(f"checkpoint {source} is not {wanted}: no ResNet conv1.weight where the layout keeps "
+    if options.format:
+        layout = BY_NAME[options.format]
+        places = " or ".join(f"'{w.container + ':' if w.container else ''}{w.prefix}{layout.stem_key}'"
+                             for w in layout.where)
+        needs = "".join(f" and a top-level {k}={v!r}" for k, v in layout.top.items())
+        wanted = f"layout {options.format} (it has {places}{needs})"
+    else:
+        wanted = f"any known layout ({', '.join(BY_NAME)})"
+    raise CheckpointError(f"checkpoint {source} is not {wanted}: no ResNet conv1.weight where a layout keeps "
                           f"its backbone; first keys seen: {first}. --prefix STR reads a ResNet under any key prefix")
 
 

@@ -180,3 +180,21 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 BY_NAME = {layout.name: layout for layout in LAYOUTS}
+
+
+def layouts_markdown() -> str:
+    """The README's table of layouts, generated from :data:`LAYOUTS` (tests keep the README equal to it)."""
+
+    def places(layout: Layout) -> str:
+        return "; ".join(f"`{w.container + ':' if w.container else ''}{w.prefix}*`" + (f" ({w.part})" if w.part else "")
+                         for w in layout.where)
+
+    rows = ["| layout | backbone (container:prefix, parts) | dropped when present | inputs | source |",
+            "|---|---|---|---|---|"]
+    for x in LAYOUTS:
+        known = ", ".join(f"`{k}`" for k in x.known if not any(k == w.prefix for w in x.where)) or "—"
+        inputs = x.normalize + (f" ({x.stem}: {x.small_normalize})" if x.small_normalize else "")
+        notes = (f" Also: {x.also}." if x.also else "") + (f" **Refused**: {x.refuse}." if x.refuse else "") + \
+            ("" if x.auto else " Only with `--format`.") + (f" 3x3 stem: `{x.stem}`." if x.stem else "")
+        rows.append(f"| `{x.name}` | {places(x)} | {known} | {inputs} | {x.source}.{notes} |")
+    return "\n".join(rows)

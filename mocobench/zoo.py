@@ -208,3 +208,13 @@ def describe(entry: ZooEntry) -> str:
     lines += [f"    published {p.task} {p.metric}: {p.value} ({p.source})" for p in entry.published]
     lines += [f"    note: {entry.notes}"] if entry.notes else []
     return "\n".join(lines)
+
+
+def catalogue_markdown() -> str:
+    """The README's catalogue table, generated from :data:`CATALOGUE` (tests keep the README equal to it)."""
+    rows = ["| name | layout | method, epochs | checksum | licence | published (source) |", "|---|---|---|---|---|---|"]
+    for e in CATALOGUE:
+        pub = "; ".join(f"{p.task} {p.metric} {p.value} ({p.source})" for p in e.published) or "—"
+        rows.append(f"| `{e.name}` | {e.layout}{f' ({e.part})' if e.part else ''} | {e.method}"
+                    f"{f', {e.epochs}' if e.epochs else ''} | {e.checksum or 'none (pinned)'} | {e.licence} | {pub} |")
+    return "\n".join(rows)

@@ -329,3 +329,90 @@ def test_structure_not_file_name_decides(tmp_path):
     net = _resnet()
     path = _save(BUILDERS["swav"](net), tmp_path / "moco_v2_800ep_pretrain.pth.tar", "swav")
     assert resolve_layout(read_checkpoint(path)).layout.name == "swav"
+
+
+def test_lightly_backbone_that_is_the_ema_network_is_flagged_and_the_online_one_named(tmp_path, caplog):
+    online, ema = _resnet(seed=11), _resnet(seed=12)
+    obj = {"state_dict": {**_under("backbone.", _backbone(ema)), **_under("student_backbone.", _backbone(online)),
+                          **_mlp("projection_head."), **_mlp("student_projection_head.")}}
+    path = _save(obj, tmp_path / "lightly_dino.ckpt", "lightly")
+    got, info = load_backbone(path)
+    assert info.part == "backbone" and torch.equal(got.conv1.weight, ema.conv1.weight)
+    assert "'backbone' is the EMA (teacher) network; --part student" in caplog.text
+    got, info = load_backbone(path, options=LoadOptions(part="student"))
+    assert info.part == "student" and torch.equal(got.conv1.weight, online.conv1.weight)
+
+
+def test_openselfsup_saves_the_backbone_twice_and_either_copy_reads(tmp_path):
+    net = _resnet(seed=11)
+    obj = {"meta": {"epoch": 200}, "state_dict": {
+        **_under("backbone.", _backbone(net)), **_under("encoder_q.0.", _backbone(net)), **_mlp("encoder_q.1.mlp."),
+        **_under("encoder_k.0.", _backbone(_resnet(seed=3))), **_mlp("encoder_k.1.mlp."),
+        "queue": torch.randn(16, 32), "queue_ptr": torch.zeros(1, dtype=torch.long)}}
+    got, info = load_backbone(_save(obj, tmp_path / "openselfsup.pth", ""))
+    assert (info.format, info.prefix) == ("mmselfsup", "backbone.")
+    assert info.dropped == {"encoder_k": 129, "encoder_q": 129, "queue": 1, "queue_ptr": 1}
+    del obj["state_dict"]["backbone.conv1.weight"]  # no backbone.* stem: the encoder_q.0 copy is read
+    obj["state_dict"] = {k: v for k, v in obj["state_dict"].items() if not k.startswith("backbone.")}
+    got, info = load_backbone(_save(obj, tmp_path / "openselfsup_q.pth", ""))
+    assert (info.format, info.prefix) == ("mmselfsup", "encoder_q.0.")
+    assert torch.equal(got.layer3[0].downsample[0].weight, net.layer3[0].downsample[0].weight)
+
+
+def test_pycontrast_ema_copy_is_a_part(tmp_path):
+    path = _save(BUILDERS["pycontrast"](_resnet(seed=11)), tmp_path / "InfoMin_800.pth", "pycontrast")
+    got, info = load_backbone(path, options=LoadOptions(part="ema"))
+    assert (info.container, info.prefix, info.part) == ("model_ema", "encoder.", "ema")
+    assert torch.equal(got.conv1.weight, _resnet(seed=6).conv1.weight)
+
+
+def test_part_and_stem_options_that_do_not_apply_are_errors(tmp_path):
+    path = _save(_resnet().state_dict(), tmp_path / "r18.pth", "torchvision")
+    with pytest.raises(CheckpointError, match="--part student: layout torchvision has one backbone, no parts"):
+        load_backbone(path, options=LoadOptions(format="torchvision", part="student"))
+    with pytest.raises(CheckpointError, match="--stem small: checkpoint .* has a standard 7x7 conv1"):
+        load_backbone(path, options=LoadOptions(stem="small"))
+    with pytest.raises(CheckpointError, match=r"is not layout mocobench \(it has 'state_dict:encoder_q.conv1.weight' or .* and a top-level format='mocobench'\)"):
+        resolve_layout(read_checkpoint(path), LoadOptions(format="mocobench"))
+
+
+def test_cli_reads_a_foreign_layout_and_records_what_it_did(synth, tmp_path):
+    net = _resnet(seed=11)
+    path = _save(BUILDERS["swav"](net), tmp_path / "swav_800ep_pretrain.pth.tar", "swav")
+    out = tmp_path / "knn"
+    knn = ["--task", "knn", "--data", synth, "--set", "image_size=32", "--set", "workers=0", "--set", "k=5"]
+    run_cli(["transfer", path, *knn, "--out", out])
+    rec = __import__("json").loads((out / "results.json").read_text())
+    ck = rec["checkpoint"]
+    assert (ck["format"], ck["prefix"], ck["tensors"], ck["stem"], ck["normalize"]) == ("swav", "", 120, "standard", "swav")
+    assert ck["dropped"] == {"projection_head": 9, "prototypes": 1}
+    assert rec["config"]["derived"]["normalize"] == "swav (the checkpoint)"
+    run_cli(["transfer", path, *knn, "--out", tmp_path / "knn_imagenet", "--set", "normalize=imagenet"])
+    rec2 = __import__("json").loads((tmp_path / "knn_imagenet" / "results.json").read_text())
+    assert rec2["config"]["derived"]["normalize"] == "imagenet (--set normalize)"
+    assert rec2["checkpoint"]["normalize"] == "imagenet"
+    r = run_cli(["transfer", path, *knn, "--out", tmp_path / "bad", "--set", "normalize=bgr"], expect_ok=False)
+    assert "--set normalize=bgr: expected one of imagenet, swav, cifar, none" in r.output
+    r = run_cli(["transfer", path, *knn, "--out", tmp_path / "bad", "--format", "dino"], expect_ok=False)
+    assert "is not layout dino" in r.output
+
+
+def test_detection_refuses_a_small_stem_and_maps_the_normalisation_to_pixel_stats(tmp_path):
+    from mocobench.evaluators.detection import pixel_stats
+
+    assert pixel_stats("imagenet") == []
+    assert pixel_stats("none") == ["MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]", "MODEL.PIXEL_STD", "[255.0, 255.0, 255.0]"]
+    assert pixel_stats("swav")[3] == "[58.14, 57.12, 57.375]"  # 255 x (0.228, 0.224, 0.225)
+    path = _save(BUILDERS["solo_learn"](_resnet(small=2)), tmp_path / "cifar.ckpt", "solo_learn")
+    r = run_cli(["transfer", path, "--task", "voc_det", "--data", tmp_path, "--out", tmp_path / "det"], expect_ok=False)
+    assert "small-image stem (small_pad2" in r.output and "detection cannot use it" in r.output
+
+
+def test_readme_tables_are_the_data():
+    from mocobench.layouts import layouts_markdown
+    from mocobench.zoo import catalogue_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, table in (("layouts", layouts_markdown()), ("catalogue", catalogue_markdown())):
+        block = readme.split(f"<!-- {name}:begin -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
+        assert block == table, f"README {name} table is stale: paste {name}_markdown() between the markers"
