@@ -20,7 +20,6 @@ import hashlib
 import logging
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +51,15 @@ _RESNET_LAYOUTS = {
     ("bottleneck", (3, 8, 36, 3)): "resnet152",
 }
 #: Harmless classes that published checkpoints pickle next to their weights, allowed by the
-#: ``weights_only`` reader: DINO's and MoCo v3's ``args`` (an argparse.Namespace only holds attributes).
+#: ``weights_only`` reader: DINO's ``args`` (an argparse.Namespace only holds attributes).
 SAFE_GLOBALS = [argparse.Namespace]
-#: The only globals a detectron2 pickle may name: numpy's array and scalar rebuilders, dtypes and an
-#: ordered dict. Anything else (os.system, a model class, ...) is refused before it is called.
+#: The only globals a detectron2 pickle may name: numpy's array and scalar rebuilders, dtypes, an ordered
+#: dict and the bytes codec. Anything else (os.system, a model class, ...) is refused before it is called.
 _PICKLE_ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how a protocol-2 pickle written by Python 3 spells bytes (array data)
 }
 
 
@@ -86,17 +86,19 @@ def read_restricted_pickle(path: str | Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise CheckpointError(f"checkpoint {path} is not a safe pickle of arrays: {e}") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            ImportError, MemoryError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is neither a torch file nor a safe pickle of arrays "
+                              f"(truncated, or not a checkpoint?): {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
 
     def check(x: Any, where: str) -> None:
         if isinstance(x, np.ndarray) and x.dtype == object:
             raise CheckpointError(f"checkpoint {path}: {where} is an array of Python objects; refused")
-        if isinstance(x, dict):
-            for k, v in x.items():
-                check(v, f"{where}.{k}" if where else str(k))
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else ()
+        for k, v in items:
+            check(v, f"{where}.{k}" if where else str(k))
 
     check(obj, "")
     return obj
@@ -117,10 +119,10 @@ def read_checkpoint(path: str | Path) -> dict:
     # A plain pickle (a detectron2 .pkl) starts with the PROTO opcode; a legacy (pre-1.6) torch file too, but
     # its first object is torch's magic number (torch/serialization.py MAGIC_NUMBER, pickled as LONG1).
     legacy = head[2:4] == b"\x8a\x0a" and int.from_bytes(head[4:14], "little") == 0x1950A86A20F9469CFC6C
-    if head[:1] == b"\x80" and not legacy and not zipfile.is_zipfile(path):
-        obj = read_restricted_pickle(path)
-    else:
+    if head[:4] == b"PK\x03\x04" or legacy:
         obj = _torch_load(path)
+    else:  # any other pickle (protocol 0-5, Python 2 ones included) goes through the restricted reader
+        obj = read_restricted_pickle(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
@@ -135,9 +137,10 @@ def _torch_load(path: Path) -> Any:
         if found:
             raise CheckpointError(
                 f"checkpoint {path} needs full unpickling (it holds a Python object, {found.group(1)}); mocobench "
-                "never unpickles untrusted objects. If you trust the file, save its weights alone: python -c "
-                f"\"import torch; c = torch.load('{path}', weights_only=False); torch.save(c['state_dict'], "
-                f"'{path.stem}.weights.pth')\" (use the key that holds the weights)") from e
+                "never unpickles untrusted objects. If you trust the file, save its weights alone, under the key "
+                f"that holds them: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+                f"torch.save({{'state_dict': c['state_dict']}}, '{path.stem}.weights.pth')\" (VICReg's and Barlow "
+                "Twins' full files: 'model' for both keys)") from e
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {e}") from e
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {e}") from e
@@ -157,7 +160,8 @@ def strip_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Remove leading DDP/compile prefixes (``module.``, ``_orig_mod.``) from every key."""
+    """Remove leading DDP/compile prefixes (``module.``, ``_orig_mod.``) from every key, and the
+    ``_orig_mod.`` that ``torch.compile`` puts inside the name of a compiled submodule."""
     out = {}
     for k, v in state_dict.items():
         changed = True
@@ -166,7 +170,7 @@ def strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
             for p in WRAPPER_PREFIXES:
                 if k.startswith(p):
                     k, changed = k[len(p) :], True
-        out[k] = v
+        out[k.replace("._orig_mod.", ".")] = v
     return out
 
 
@@ -213,8 +217,10 @@ def _part_of(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-def _known(key: str, known: tuple[str, ...]) -> bool:
-    return any(key.startswith(k) if k.endswith(".") else key == k for k in known)
+def _known(key: str, known: tuple[str, ...]) -> str | None:
+    """The part of ``known`` that ``key`` belongs to (``projector`` for ``projector.0.weight``), or None."""
+    hit = next((k for k in known if (key.startswith(k) if k.endswith(".") else key == k)), None)
+    return hit.rstrip(".") if hit else None
 
 
 def _match(obj: dict, layout: Layout, where: Where) -> tuple[dict, list[str], dict[str, int]] | None:
@@ -241,11 +247,31 @@ def _match(obj: dict, layout: Layout, where: Where) -> tuple[dict, list[str], di
             dropped[name] = dropped.get(name, 0) + 1
         elif inner is not None and where.prefix:  # under the backbone's prefix, but not a ResNet key
             unknown.append(key)
-        elif _known(key, layout.known):
-            dropped[_part_of(key)] = dropped.get(_part_of(key), 0) + 1
+        elif part := _known(key, layout.known):
+            dropped[part] = dropped.get(part, 0) + 1
         else:
             unknown.append(key)
+    if layout.needs_known and not any(k != where.prefix + "fc" for k in dropped):
+        return None  # its structure alone is another layout's (a flat ResNet): claim only files with its parts
     return backbone, unknown, dropped
+
+
+def _siblings(obj: dict, container: str) -> dict[str, int]:
+    """Tensors beside the container that were not read (DINO's student beside its teacher, VISSL's heads
+    beside the trunk): {dotted path: number of tensors}, counting only dicts of tensors (not optimizer states)."""
+    out: dict[str, int] = {}
+    node, path = obj, []
+    for part in filter(None, container.split(".")):
+        for key, value in node.items():
+            if key == part:
+                continue
+            if isinstance(value, (torch.Tensor, np.ndarray)):
+                out[".".join([*path, str(key)])] = 1
+            elif isinstance(value, dict) and value and all(isinstance(v, (torch.Tensor, np.ndarray))
+                                                            for v in value.values()):
+                out[".".join([*path, str(key)])] = len(value)
+        node, path = node[part], [*path, part]
+    return out
 
 
 def _wheres(layout: Layout, part: str | None) -> tuple[Where, ...]:
@@ -258,12 +284,31 @@ def _wheres(layout: Layout, part: str | None) -> tuple[Where, ...]:
     return tuple(w for w in layout.where if w.part == part)
 
 
+def _refuse_ties(tied: list[tuple], backbone: dict[str, torch.Tensor], source: str) -> None:
+    """Layouts that explain a file equally well must read it the same way (stem, input normalisation); when
+    they would not, the reader does not pick one by table order: ``--format`` must name it."""
+    small = tuple(backbone["conv1.weight"].shape[-2:]) == (3, 3)
+
+    def reading(layout: Layout) -> tuple:
+        normalize = layout.small_normalize if small and layout.small_normalize else layout.normalize
+        return (layout.stem if small else "standard", normalize)
+
+    readings = {e[3].name: reading(e[3]) for e in tied}
+    if len(set(readings.values())) > 1:
+        shown = ", ".join(f"{name} (stem {st}, inputs {norm})" for name, (st, norm) in readings.items())
+        raise CheckpointError(f"checkpoint {source} fits several layouts that would read it differently: {shown}; "
+                              f"name the one that wrote it with --format")
+
+
 def resolve_layout(obj: dict, options: LoadOptions = LoadOptions(), source: str = "checkpoint") -> Resolved:
     """Find the backbone of a loaded checkpoint (see the module docstring). Tries every layout (or the forced
     one) and keeps those whose every key is a backbone key or a known part; of these, the one that explains
     the most keys by its known parts, then the first in :data:`LAYOUTS`. A structure that no layout explains
     fully is an error naming the keys that are in the way, and the layout it was closest to."""
     if options.prefix is not None:
+        if options.format is not None or options.part is not None:
+            raise CheckpointError("--prefix reads a ResNet under a key prefix of any layout; it does not combine "
+                                  "with --format or --part")
         return _resolve_prefix(obj, options, source)
     if options.format is not None and options.format not in BY_NAME:
         raise CheckpointError(f"--format {options.format}: unknown layout; choose one of {', '.join(BY_NAME)}")
@@ -284,12 +329,17 @@ def resolve_layout(obj: dict, options: LoadOptions = LoadOptions(), source: str 
             (near if unknown else clean).append(entry)
             break
     if clean:
-        *_, layout, where, backbone, _, dropped = min(clean, key=lambda e: e[:3])
+        clean.sort(key=lambda e: e[:3])
+        *_, layout, where, backbone, _, dropped = clean[0]
+        _refuse_ties([e for e in clean if e[:2] == clean[0][:2]], backbone, source)
         sd = _container(obj, where.container) or {}
         for prefix, message in layout.caveats:
             if options.part is None and any(k.startswith(prefix) for k in sd):
                 logger.warning("%s: %s", source, message)
-        return Resolved(layout, where, backbone, dropped)
+        if layout.name == "torchvision" and where.container:
+            logger.info("%s: a SimCLR conversion (tonylins/simclr-converter) has this structure and takes inputs "
+                        "without mean/std; if it is one, read it with --format simclr_converted", source)
+        return Resolved(layout, where, backbone, {**dropped, **_siblings(obj, where.container)})
     if near:
         n, _, _, layout, where, backbone, unknown, _ = min(near, key=lambda e: e[:3])
         shown = sorted(unknown)[:20]
@@ -313,9 +363,15 @@ def resolve_layout(obj: dict, options: LoadOptions = LoadOptions(), source: str 
                           f"its backbone; first keys seen: {first}. --prefix STR reads a ResNet under any key prefix")
 
 
+#: The top-level modules of a torchvision ResNet: a key under the backbone prefix that starts with one of
+#: them but is no ResNet key (an SE block, an attention layer) changes the network, and is never dropped.
+_RESNET_MODULES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+
+
 def _resolve_prefix(obj: dict, options: LoadOptions, source: str) -> Resolved:
-    """``--prefix``: the ResNet under ``options.prefix`` in the first container that has one; everything else
-    in that container is dropped (and listed)."""
+    """``--prefix``: the ResNet under ``options.prefix`` in the first container that has one. Other parts of
+    that container are dropped (and listed); a key inside the ResNet's own modules that is not a ResNet key is
+    an error."""
     layout = Layout("prefix", "unknown", f"--prefix {options.prefix}", ())
     for container in PREFIX_CONTAINERS:
         where = Where(container, options.prefix)
@@ -323,9 +379,13 @@ def _resolve_prefix(obj: dict, options: LoadOptions, source: str) -> Resolved:
         if found is None:
             continue
         backbone, unknown, dropped = found
+        inside = [k for k in unknown if k.startswith(options.prefix) and k[len(options.prefix):].startswith(_RESNET_MODULES)]
+        if inside:
+            raise CheckpointError(f"checkpoint {source}: {len(inside)} keys inside the ResNet under '{options.prefix}' "
+                                  f"are not torchvision ResNet keys (another architecture?): {sorted(inside)[:20]}")
         for key in unknown:
             dropped[_part_of(key)] = dropped.get(_part_of(key), 0) + 1
-        return Resolved(layout, where, backbone, dropped)
+        return Resolved(layout, where, backbone, {**dropped, **_siblings(obj, where.container)})
     raise CheckpointError(f"checkpoint {source}: no key '{options.prefix}conv1.weight' in the file or its "
                           f"{', '.join(c for c in PREFIX_CONTAINERS if c)} entry (after removing 'module.'); "
                           "--prefix names the part of the keys in front of conv1.weight, layer1..., e.g. encoder.")
@@ -366,23 +426,26 @@ class Renormalize:
 
     def __init__(self, normalize: str) -> None:
         (m0, s0), (m1, s1) = NORMALIZATIONS["imagenet"], NORMALIZATIONS[normalize]
-        self.scale = tuple(a / b for a, b in zip(s0, s1, strict=True))
-        self.shift = tuple((a - b) / c for a, b, c in zip(m0, m1, s1, strict=True))
+        self.scale = torch.tensor([a / b for a, b in zip(s0, s1, strict=True)]).view(1, 3, 1, 1)
+        self.shift = torch.tensor([(a - b) / c for a, b, c in zip(m0, m1, s1, strict=True)]).view(1, 3, 1, 1)
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        scale = torch.tensor(self.scale, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        shift = torch.tensor(self.shift, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x * scale + shift, *args[1:])
+        if self.scale.device != x.device:
+            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
+        # in float32: a bfloat16 product would round swav's 1.0044 to 1
+        return ((x.float() * self.scale + self.shift).to(x.dtype), *args[1:])
 
 
 def set_input_normalization(model: nn.Module, normalize: str) -> nn.Module:
-    """Make ``model`` take the tasks' ImageNet-normalised images whatever normalisation its checkpoint
-    expects (:data:`~mocobench.layouts.NORMALIZATIONS`). Returns ``model``."""
+    """Make a ResNet take the tasks' ImageNet-normalised images whatever normalisation its checkpoint
+    expects (:data:`~mocobench.layouts.NORMALIZATIONS`): a pre-hook on ``conv1``, so every path through the
+    network (``forward``, :func:`mocobench.evaluators.features.resnet_features`) sees it, and conv1's zero
+    padding lies in the checkpoint's own input space. Returns ``model``."""
     if normalize not in NORMALIZATIONS:
         raise CheckpointError(f"normalize={normalize}: expected one of {', '.join(NORMALIZATIONS)}")
     if normalize != "imagenet":
-        model.register_forward_pre_hook(Renormalize(normalize))
+        model.conv1.register_forward_pre_hook(Renormalize(normalize))
     return model
 
 
@@ -417,7 +480,7 @@ RECIPE_KEYS = ("method", "arch", "data", "epochs", "batch_size", "lr", "lr_sched
                "queue_size", "moco_m", "moco_t", "mlp", "aug", "bn_splits", "seed", "amp", "aug_backend")
 
 
-def load_projection_head(source: str | Path) -> nn.Module:
+def load_projection_head(source: str | Path, options: LoadOptions | None = None) -> nn.Module:
     """The contrastive projection head saved with a pretraining checkpoint, for scoring its output.
 
     MoCo v1 / InstDisc: ``fc`` = Linear(D, 128); MoCo v2: ``fc.0`` Linear(D, D), ReLU, ``fc.2``
@@ -428,8 +491,9 @@ def load_projection_head(source: str | Path) -> nn.Module:
     if str(source) == "random":
         raise CheckpointError("a 'random' backbone has no trained projection head (features=head needs a "
                               "contrastive pretraining checkpoint)")
-    obj = read_checkpoint(source)
-    found = resolve_layout(obj, source=str(source))
+    _, path, options = _open(source, options or LoadOptions())
+    obj = read_checkpoint(path)
+    found = resolve_layout(obj, options, str(path))
     fmt = found.layout.name
     if fmt not in ("mocobench", "moco_official"):
         raise CheckpointError(f"checkpoint {source} ({fmt}) holds no projection head: features=head needs a "
@@ -470,12 +534,22 @@ def _stem(sd: dict[str, torch.Tensor], layout: Layout, options: LoadOptions, sou
     return stem
 
 
-def _method(obj: dict, layout: Layout, backbone_fc: bool) -> str:
+def _method(obj: dict, layout: Layout, where: Where, backbone_fc: bool) -> str:
     if layout.method == FROM_FILE:
         return str(obj.get("method") or "unknown")
-    if layout.method == FROM_HEAD:  # a flat ResNet with its classifier: supervised weights
-        return "supervised" if backbone_fc else "unknown"
+    if layout.method == FROM_HEAD:  # a bare ResNet state dict with its classifier: supervised weights (a
+        # linear-probe checkpoint, e.g. MoCo's main_lincls.py, keeps {state_dict, best_acc1}: not this)
+        return "supervised" if backbone_fc and not where.container else "unknown"
     return layout.method
+
+
+def _open(source: str | Path, options: LoadOptions) -> tuple[Any, Path, LoadOptions]:
+    """(catalogue entry or None, local path, load options) of a path or ``zoo:NAME``."""
+    if str(source).startswith("zoo:"):
+        from mocobench.zoo import resolve  # lazy: the catalogue imports this module
+
+        return resolve(str(source)[4:], options)
+    return None, Path(source), options
 
 
 def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0,
@@ -495,13 +569,7 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0,
         model = build_resnet(arch, options.stem or "standard")
         model.fc = nn.Identity()
         return model, BackboneInfo("random", "random", arch, "random", 0, None, stem=options.stem or "standard")
-    zoo = None
-    if str(source).startswith("zoo:"):
-        from mocobench.zoo import resolve  # lazy: the catalogue imports this module
-
-        zoo, path, options = resolve(str(source)[4:], options)
-    else:
-        path = Path(source)
+    zoo, path, options = _open(source, options)
     obj = read_checkpoint(path)
     found = resolve_layout(obj, options, str(path))
     layout, where, sd = found.layout, found.where, found.state_dict
@@ -512,16 +580,20 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0,
         raise CheckpointError(f"checkpoint {path} holds a {found_arch}, but {arch} was asked for")
     stem = _stem(sd, layout, options, str(path))
     model = build_resnet(found_arch, stem)
+    shapes = model.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} (a {found_arch} has {tuple(shapes[k].shape)})" for k, v in sd.items()
+                  if k in shapes and v.shape != shapes[k].shape]
+    if mismatched:
+        raise CheckpointError(f"checkpoint {path} has the key names of a {found_arch} but other shapes (a widened "
+                              f"ResNet, e.g. SimCLR 2x/4x, is not a torchvision architecture): {mismatched[:5]}")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if set(missing) != {"fc.weight", "fc.bias"} or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not match {found_arch}: missing keys {sorted(set(missing) - {'fc.weight', 'fc.bias'})}, "
             f"unexpected keys {sorted(unexpected)}"
         )
-    mismatched = [k for k, v in model.state_dict().items() if k in sd and v.shape != sd[k].shape]
-    assert not mismatched, mismatched  # load_state_dict raises on shape mismatches before this
     model.fc = nn.Identity()
-    method = _method(obj, layout, where.prefix + "fc" in found.dropped)
+    method = _method(obj, layout, where, where.prefix + "fc" in found.dropped)
     epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
     config = obj.get("config") if layout.name == "mocobench" else None
     recipe = {k: config.get(k) for k in RECIPE_KEYS} if isinstance(config, dict) else None

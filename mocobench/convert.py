@@ -10,6 +10,7 @@ official script only prints). Works for BasicBlock (ResNet-18/34) and Bottleneck
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from mocobench.checkpoint import (
     read_restricted_pickle,
 )
 from mocobench.resnet_keys import d2_to_tv, tv_to_d2
+
+logger = logging.getLogger(__name__)
 
 
 def _rename(state_dict: dict[str, torch.Tensor], rename, skip: str | None, what: str) -> dict[str, torch.Tensor]:
@@ -85,5 +88,10 @@ def convert_checkpoint(source: str | Path, to: str, out: str | Path, options: Lo
             raise CheckpointError(f"checkpoint {source} has a small-image stem ({info.stem}: 3x3 stride-1 conv1, no "
                                   "max-pool); detectron2's ResNet stem is 7x7 stride 2 with a max-pool, so it "
                                   "cannot be converted")
-        return write_detectron2(torchvision_to_detectron2(sd), out)
-    return atomic_save(sd, out)
+        path = write_detectron2(torchvision_to_detectron2(sd), out)
+    else:
+        path = atomic_save(sd, out)
+    if info.normalize != "imagenet":
+        logger.warning("%s expects %s input normalisation, which %s does not record: evaluate it with --set "
+                       "normalize=%s (detectron2: MODEL.PIXEL_MEAN/STD)", source, info.normalize, path, info.normalize)
+    return path

@@ -41,7 +41,9 @@ class Layout:
     ``stem``: the small-image stem variant the framework builds when ``conv1`` is 3x3 ("" = none known, so a
     3x3 ``conv1`` needs ``--stem``), and ``small_normalize`` the input normalisation of that variant where it
     differs. ``refuse``: a layout that is recognised only to be refused, with why. ``auto``: False for a
-    layout whose structure is another's (only ``--format`` names it). ``caveats``: (key prefix, message)
+    layout whose structure is another's (only ``--format`` names it). ``needs_known``: the layout claims a
+    file only when one of its known parts is there (its backbone alone looks like another layout's).
+    ``caveats``: (key prefix, message)
     logged when a file holds that prefix. ``also``: other sources that save the same structure.
     """
 
@@ -59,6 +61,7 @@ class Layout:
     refuse: str = ""
     stem_key: str = "conv1.weight"
     auto: bool = True
+    needs_known: bool = False
     caveats: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -92,7 +95,7 @@ _MOCO = "facebookresearch/moco @ 87e36d3"
 _MMSELFSUP = ("open-mmlab/mmselfsup @ db861f30 mmselfsup/models/algorithms/base.py L61-67 (backbone, neck, head), "
               "moco.py L65 / byol.py L55 / mocov3.py L55 (EMA copies encoder_k / target_net / momentum_encoder); "
               "open-mmlab/OpenSelfSup @ 1db69ece openselfsup/models/moco.py L42-58 (backbone saved twice, also as "
-              "encoder_q.0)")
+              "encoder_q.0); mmselfsup 0.x @ 6faad816 (simsiam: encoder, mocov3: base_encoder)")
 
 LAYOUTS: tuple[Layout, ...] = (
     Layout("mocobench", FROM_FILE, "mocobench pretrain (pretrain/engine.py): the official MoCo layout plus format, "
@@ -144,7 +147,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("mmselfsup", "unknown", _MMSELFSUP,
            (Where("state_dict", "backbone."), Where("state_dict", "encoder_q.0.")),
            known=("backbone.", "encoder_q.", "encoder_k.", "online_net.", "target_net.", "momentum_encoder.", "neck.",
-                  "head.", "queue", "queue_ptr", "queue2", "queue2_ptr", "loss_weight"),
+                  "head.", "queue", "queue_ptr", "queue2", "queue2_ptr", "loss_weight", "encoder.", "base_encoder."),
            stem="small"),
     Layout("vissl", "unknown", "facebookresearch/vissl @ 09270ed2 vissl/models/trunks/resnext.py L144-157 "
            "(_feature_blocks), base_ssl_model.py L414-417 (classy_state_dict.base_model.model.trunk / heads), "
@@ -159,10 +162,13 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("swav", "unknown", "facebookresearch/swav @ 06b1b7c src/resnet50.py L157-217 (projection_head, "
            "prototypes), hubconf.py L27-34; the hub files of SwAV, DeepCluster-v2 and SeLa-v2; std 0.228 for red "
            "(src/multicropdataset.py L38-39)",
-           (Where("", ""), Where("state_dict", "")), known=("projection_head.", "prototypes."), normalize="swav"),
-    Layout("barlowtwins", "barlow_twins", "facebookresearch/barlowtwins @ 8e8d284 main.py L146-148, L191-205 "
+           (Where("", ""), Where("state_dict", "")), known=("projection_head.", "prototypes."), normalize="swav",
+           needs_known=True),
+    Layout("barlowtwins", "unknown", "facebookresearch/barlowtwins @ 8e8d284 main.py L146-148, L191-205 "
            "(checkpoint.pth: model = backbone, projector, bn)",
-           (Where("model", "backbone."),), known=("projector.", "bn.")),
+           (Where("model", "backbone."),), known=("projector.", "bn."),
+           also="VICReg's full model.pth (facebookresearch/vicreg @ 4e12602 main_vicreg.py L157-162: backbone, "
+                "projector)"),
     Layout("pycontrast", "unknown", "HobbitLong/PyContrast @ 84f94eab learning/contrast_trainer.py L107-128 (model, "
            "model_ema, contrast), networks/util.py L15-32 (head, head_jig); detection/convert_pretrained.py L18-51",
            (Where("model", "encoder.", "model"), Where("model_ema", "encoder.", "ema")),

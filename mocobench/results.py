@@ -1,6 +1,7 @@
 """The one results format: ``<out>/results.json``, read by reports (architecture.md).
 
-``{"schema_version", "task", "checkpoint": {path, sha256, format, arch, epoch}, "pretraining",
+``{"schema_version", "task", "checkpoint": {source, sha256, format (the layout), arch, epoch, recipe, prefix,
+container, part, tensors, dropped, stem, normalize, zoo} (:class:`~mocobench.checkpoint.BackboneInfo`), "pretraining",
 "metrics": {name: value}, "config", "versions", "seed", "time_s", "created"}``. Written atomically.
 """
 

@@ -104,6 +104,11 @@ def split_overrides(pairs: tuple[str, ...], specs: tuple[TaskSpec, ...]) -> dict
     return {k: tuple(v) for k, v in out.items()}
 
 
+def _for_zoo(load: LoadOptions | None) -> LoadOptions | None:
+    """A catalogue entry knows its layout: of the load options only ``--part`` and ``--stem`` apply to it."""
+    return LoadOptions(part=load.part, stem=load.stem) if load else None
+
+
 def run_suite(
     checkpoints: list[str],
     out: str | Path,
@@ -143,7 +148,7 @@ def run_suite(
         error = path = None
         try:
             path = run_transfer(spec.task, source, task_out, sets, arch, label,  # logs into task_out/log.txt
-                                load=None if source.startswith("zoo:") else load)
+                                load=_for_zoo(load) if source.startswith("zoo:") else load)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
             error = e
         setup_logging(0, out / "suite.log")

@@ -154,27 +154,34 @@ def _lock(root: Path) -> dict[str, str]:
     return lock
 
 
+def entry_path(entry: ZooEntry, root: str | Path) -> Path:
+    """Where ``entry`` lives under ``root``: ``<root>/<name>/<file name>`` (several entries publish files of the
+    same name, e.g. Barlow Twins' and VICReg's ``resnet50.pth``)."""
+    return Path(root) / entry.name / entry.filename
+
+
 def fetch_entry(entry: ZooEntry, root: str | Path, mirror: str | None = None) -> tuple[Path, str]:
-    """Download ``entry`` to ``root/<file name>`` (resumable); returns (path, how it was checked). When no
-    checksum is published, the file's SHA-256 is pinned in ``root/zoo.lock.json`` on the first download
-    (reported as unverified) and later downloads must match it."""
+    """Download ``entry`` to :func:`entry_path` (resumable); returns (path, how it was checked). When no
+    checksum is published, the file's SHA-256 is pinned in ``root/zoo.lock.json`` (by entry name) on the
+    first download, reported as unverified, and later downloads must match it."""
     root = Path(root)
     url = f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
-    dest = root / entry.filename
+    dest = entry_path(entry, root)
     lock = _lock(root)
-    pinned = lock.get(entry.filename)
+    pinned = lock.get(entry.name)
     checksum = entry.checksum or (f"sha256:{pinned}" if pinned else None)
     try:
         path = download(url, dest, checksum)
     except FetchError as e:
-        raise ZooError(f"zoo entry {entry.name}: {e}") from e
+        hint = f" (the sha256 pinned in {root / LOCK_FILE} on the first download)" if pinned else ""
+        raise ZooError(f"zoo entry {entry.name}: {e}{hint}") from e
     if entry.checksum:
         return path, f"verified against the published {entry.checksum}"
     if pinned:
         return path, f"matches the sha256 pinned in {root / LOCK_FILE} (no checksum is published)"
-    lock[entry.filename] = digest(path, "sha256")
+    lock[entry.name] = digest(path, "sha256")
     atomic_write_text(root / LOCK_FILE, json.dumps(dict(sorted(lock.items())), indent=2) + "\n")
-    logger.warning("%s: no checksum is published; pinned sha256 %s in %s", entry.name, lock[entry.filename],
+    logger.warning("%s: no checksum is published; pinned sha256 %s in %s", entry.name, lock[entry.name],
                    root / LOCK_FILE)
     return path, f"UNVERIFIED (no checksum is published); sha256 pinned in {root / LOCK_FILE}"
 
@@ -186,7 +193,7 @@ def resolve(name: str, options: LoadOptions) -> tuple[ZooEntry, Path, LoadOption
     entry = get_entry(name)
     if options.prefix is not None or options.format not in (None, entry.layout):
         raise ZooError(f"zoo:{name} is read as layout {entry.layout}; drop --format/--prefix")
-    path = zoo_root() / entry.filename
+    path = entry_path(entry, zoo_root())
     if not path.exists():
         logger.info("zoo:%s is not in %s; fetching %s", name, zoo_root(), entry.url)
     path, _ = fetch_entry(entry, zoo_root())

@@ -16,7 +16,7 @@ from torch import nn
 class Supervised(nn.Module):
     """A classifier around ``encoder`` (a torchvision ResNet whose ``fc`` outputs the class logits)."""
 
-    #: Where the backbone lives in the state dict (read by :func:`mocobench.checkpoint.backbone_state_dict`).
+    #: Where the backbone lives in the state dict (the mocobench layout of :mod:`mocobench.layouts`).
     backbone_prefix = "encoder."
 
     def __init__(self, encoder: nn.Module) -> None:

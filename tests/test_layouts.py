@@ -150,6 +150,25 @@ BUILDERS["detectron2"] = _d2_pickle
 BUILDERS["simclr_converted"] = lambda net: {"state_dict": net.state_dict()}
 
 
+#: What each builder's file holds besides the backbone, by part (tensors per part).
+DROPPED = {
+    "mocobench": {"encoder_k": 129, "encoder_q.fc": 9, "queue": 1, "queue_ptr": 1},
+    "moco_official": {"encoder_k": 129, "encoder_q.fc": 9, "queue": 1, "queue_ptr": 1},
+    "moco_v3": {"base_encoder.fc": 9, "momentum_encoder": 129, "predictor": 9},
+    "solo_learn": {"classifier": 2, "momentum_backbone": 120, "momentum_projector": 9, "predictor": 9, "projector": 9},
+    "lightly": {"key_backbone": 120, "key_projection_head": 9, "online_classifier": 2, "projection_head": 9},
+    "mmselfsup": {"encoder_k": 130, "neck": 9, "queue": 1, "queue_ptr": 1},
+    "vissl": {"classy_state_dict.base_model.model.heads": 4},
+    "dino": {"dino_loss": 1, "head": 4, "student": 124},
+    "swav": {"projection_head": 9, "prototypes": 1},
+    "pycontrast": {"contrast": 1, "head": 4, "head_jig": 1, "model_ema": 124},
+    "barlowtwins": {"bn": 3, "projector": 9},
+    "detectron2": {"stem.fc": 4},
+    "simclr_converted": {"fc": 2},
+    "torchvision": {"fc": 2},
+}
+
+
 def test_every_layout_has_a_builder():
     assert {layout.name for layout in LAYOUTS} - {"caffe2_msra"} == set(BUILDERS)
 
@@ -166,7 +185,7 @@ def test_layout_loads_identical_backbone_tensors(tmp_path, layout):
     for k, v in ref.items():
         assert torch.equal(got.state_dict()[k], v), k
     assert info.tensors == len(ref) and info.arch == "resnet18" and info.stem == "standard"
-    assert info.dropped or layout == "vissl"  # VISSL keeps its heads beside the trunk, not in it
+    assert info.dropped == DROPPED[layout]
     x = torch.randn(2, 3, 32, 32)
     net.fc = torch.nn.Identity()
     assert torch.equal(got.eval()(x), net.eval()(x))
@@ -310,25 +329,24 @@ def test_flat_files_name_the_method_only_from_a_classifier(tmp_path):
     assert info.method == "unknown" and info.dropped == {}
 
 
-@pytest.mark.parametrize("normalize", ["none", "swav"])
-def test_input_normalisation_maps_the_tasks_input_to_the_checkpoints(normalize):
+@pytest.mark.parametrize("normalize", ["none", "swav", "cifar"])
+def test_input_normalisation_reaches_every_path_through_the_network(normalize):
+    """The tasks feed ImageNet-normalised images; a backbone trained on another normalisation must see its own,
+    through forward and through resnet_features (which calls the layers one by one), padding included."""
+    from mocobench.evaluators.features import resnet_features
     from mocobench.layouts import NORMALIZATIONS
 
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS[normalize])
-    seen = []
-    net = torch.nn.Conv2d(3, 1, 1)
-    net.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    set_input_normalization(net, normalize)
-    rgb = torch.rand(2, 3, 4, 4)
-    imagenet = (rgb - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    net(imagenet)
-    torch.testing.assert_close(seen[0], (rgb - mean) / std, atol=1e-6, rtol=1e-6)
-
-
-def test_structure_not_file_name_decides(tmp_path):
-    net = _resnet()
-    path = _save(BUILDERS["swav"](net), tmp_path / "moco_v2_800ep_pretrain.pth.tar", "swav")
-    assert resolve_layout(read_checkpoint(path)).layout.name == "swav"
+    ref = _resnet(seed=11).eval()
+    ref.fc = torch.nn.Identity()
+    net = set_input_normalization(__import__("copy").deepcopy(ref), normalize)
+    rgb = torch.rand(2, 3, 40, 40, dtype=torch.float64).float()
+    tensor = lambda v: torch.tensor(v).view(1, 3, 1, 1)  # noqa: E731
+    imagenet = (rgb - tensor(NORMALIZATIONS["imagenet"][0])) / tensor(NORMALIZATIONS["imagenet"][1])
+    own = (rgb - tensor(NORMALIZATIONS[normalize][0])) / tensor(NORMALIZATIONS[normalize][1])
+    with torch.no_grad():
+        torch.testing.assert_close(net(imagenet), ref(own), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(resnet_features(net, imagenet), resnet_features(ref, own), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(resnet_features(ref, imagenet), resnet_features(ref, own), atol=1e-3)
 
 
 def test_lightly_backbone_that_is_the_ema_network_is_flagged_and_the_online_one_named(tmp_path, caplog):
@@ -416,3 +434,76 @@ def test_readme_tables_are_the_data():
     for name, table in (("layouts", layouts_markdown()), ("catalogue", catalogue_markdown())):
         block = readme.split(f"<!-- {name}:begin -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
         assert block == table, f"README {name} table is stale: paste {name}_markdown() between the markers"
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_detectron2_pickles_of_either_protocol_read(tmp_path, protocol):
+    net = _resnet(seed=11)  # protocol 2 is what Python 2 era detectron2 files and `pickle.dump(..., 2)` write
+    path = tmp_path / "moco.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(_d2_pickle(net), f, protocol=protocol)
+    got, info = load_backbone(path)
+    assert info.format == "detectron2" and info.dropped == {"stem.fc": 4}
+    assert torch.equal(got.layer4[1].bn2.weight, net.layer4[1].bn2.weight)
+
+
+def test_layouts_that_would_read_a_file_differently_are_not_chosen_by_table_order(tmp_path):
+    net = _resnet(small=1)  # an mmpretrain ResNet_CIFAR classifier: backbone.* and head.fc.*
+    obj = {"state_dict": {**_under("backbone.", _backbone(net)), "head.fc.weight": torch.randn(10, 512),
+                          "head.fc.bias": torch.zeros(10)}}
+    path = _save(obj, tmp_path / "cifar_cls.pth", "")
+    with pytest.raises(CheckpointError, match=r"fits several layouts that would read it differently: solo_learn "
+                       r"\(stem small_pad2, inputs cifar\), mmselfsup \(stem small, inputs imagenet\).*--format"):
+        load_backbone(path)
+    _, info = load_backbone(path, options=LoadOptions(format="mmselfsup"))
+    assert (info.stem, info.normalize) == ("small", "imagenet")
+    obj["state_dict"].update(_under("backbone.", _backbone(_resnet())))  # a standard stem: both read it alike
+    _, info = load_backbone(_save(obj, tmp_path / "in1k_cls.pth", ""))
+    assert info.format == "solo_learn" and info.stem == "standard"
+
+
+def test_prefix_never_drops_a_key_inside_the_resnet(tmp_path):
+    sd = _resnet().state_dict()
+    sd["layer1.0.se.fc1.weight"] = torch.zeros(4, 64)  # an SE-ResNet: not the torchvision network
+    sd["projection_head.0.weight"] = torch.zeros(4, 4)
+    path = _save(sd, tmp_path / "se.pth", "")
+    with pytest.raises(CheckpointError, match=r"1 keys inside the ResNet under '' are not torchvision ResNet keys.*"
+                       r"layer1.0.se.fc1.weight"):
+        load_backbone(path, options=LoadOptions(prefix=""))
+    del sd["layer1.0.se.fc1.weight"]
+    _, info = load_backbone(_save(sd, tmp_path / "ok.pth", ""), options=LoadOptions(prefix=""))
+    assert info.dropped == {"fc": 2, "projection_head": 1}
+    with pytest.raises(CheckpointError, match="does not combine with --format or --part"):
+        load_backbone(path, options=LoadOptions(prefix="", part="teacher"))
+
+
+def test_only_a_bare_state_dict_with_a_classifier_is_called_supervised(tmp_path):
+    probe = {"epoch": 100, "best_acc1": 67.7, "state_dict": _under("module.", _resnet().state_dict())}
+    _, info = load_backbone(_save(probe, tmp_path / "linear-100ep.pth.tar", ""))  # MoCo's main_lincls.py output
+    assert (info.format, info.method, info.container) == ("torchvision", "unknown", "state_dict")
+
+
+def test_widened_resnets_and_compiled_submodules(tmp_path):
+    sd = _resnet().state_dict()
+    sd["conv1.weight"] = torch.zeros(128, 3, 7, 7)  # SimCLR 2x widens the stem too
+    with pytest.raises(CheckpointError, match=r"key names of a resnet18 but other shapes .*conv1.weight \(128, 3, 7, 7\)"):
+        load_backbone(_save(sd, tmp_path / "wide.pth", ""))
+    net = _resnet(seed=11)
+    obj = {"state_dict": {**_under("backbone._orig_mod.", _backbone(net)), **_mlp("projector.")}}
+    got, info = load_backbone(_save(obj, tmp_path / "compiled.ckpt", ""))  # torch.compile(self.backbone)
+    assert info.format == "solo_learn" and torch.equal(got.conv1.weight, net.conv1.weight)
+
+
+def test_msra_weights_in_their_flat_python2_form_are_refused(tmp_path):
+    path = tmp_path / "R-50.pkl"  # detectron2's MSRA file: a flat dict, written by Python 2 (protocol 2)
+    with open(path, "wb") as f:
+        pickle.dump({"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res2_0_branch2a_w": np.zeros(1, np.float32)},
+                    f, protocol=2)
+    with pytest.raises(CheckpointError, match="caffe2_msra"):
+        load_backbone(path)
+
+
+def test_a_swav_file_without_its_heads_is_a_plain_torchvision_file(tmp_path):
+    net = _resnet()  # SwAV's backbone keys alone are torchvision's: no swav std without swav parts
+    _, info = load_backbone(_save(_under("module.", _backbone(net)), tmp_path / "r.pth", ""))
+    assert (info.format, info.normalize) == ("torchvision", "imagenet")

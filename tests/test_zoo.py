@@ -30,6 +30,8 @@ def test_every_entry_names_its_layout_licence_and_sources():
             assert algorithm in ("md5", "sha256") and len(digest) >= 8, e.name
     assert {"moco_v1_200ep", "moco_v2_200ep", "moco_v2_800ep", "torchvision_r50", "moco_v3_r50_1000ep", "dino_r50",
             "swav_800ep", "barlowtwins_r50"} <= set(names)
+    paths = {zoo.entry_path(e, "/z") for e in zoo.CATALOGUE}  # barlowtwins and vicreg both publish resnet50.pth
+    assert len(paths) == len(names)
     # torchvision's file names carry the first 8 hex digits of the file's sha256
     assert zoo.ENTRIES["torchvision_r50"].checksum == "sha256:" + zoo.ENTRIES["torchvision_r50"].filename.split("-")[1][:8]
 
@@ -63,11 +65,11 @@ def test_fetch_resumes_and_verifies(entry, tmp_path):
     RangeHandler.fail_after = 1 << 20  # the first connection breaks after 1 MiB
     r = run_cli(["zoo", "fetch", e.name, "--root", tmp_path / "zoo", "--mirror", base], expect_ok=False)
     assert "run the same command again to resume" in r.output
-    partial = (tmp_path / "zoo" / "tiny_moco.pth.tar.part").stat().st_size
+    partial = (tmp_path / "zoo" / "tiny_moco" / "tiny_moco.pth.tar.part").stat().st_size
     assert 0 < partial <= 1 << 20
     r = run_cli(["zoo", "fetch", e.name, "--root", tmp_path / "zoo", "--mirror", base])
     assert RangeHandler.ranges[-1] == f"bytes={partial}-" and "verified against the published sha256:" in r.output
-    assert (tmp_path / "zoo" / "tiny_moco.pth.tar").read_bytes() == data
+    assert (tmp_path / "zoo" / "tiny_moco" / "tiny_moco.pth.tar").read_bytes() == data
 
 
 def test_fetch_deletes_a_download_whose_checksum_differs(entry, tmp_path, monkeypatch):
@@ -75,7 +77,7 @@ def test_fetch_deletes_a_download_whose_checksum_differs(entry, tmp_path, monkey
     monkeypatch.setitem(zoo.ENTRIES, e.name, zoo.ZooEntry(**{**e.__dict__, "checksum": "sha256:00000000"}))
     r = run_cli(["zoo", "fetch", e.name, "--root", tmp_path, "--mirror", base], expect_ok=False)
     assert "is not the expected sha256:00000000; the download was deleted" in r.output
-    assert not list(tmp_path.glob("tiny_moco*"))
+    assert not list((tmp_path / "tiny_moco").iterdir())
 
 
 def test_without_a_published_checksum_the_first_download_is_pinned(entry, tmp_path, monkeypatch):
@@ -84,14 +86,14 @@ def test_without_a_published_checksum_the_first_download_is_pinned(entry, tmp_pa
     r = run_cli(["zoo", "fetch", e.name, "--root", tmp_path / "zoo", "--mirror", base])
     assert "UNVERIFIED" in r.output
     lock = json.loads((tmp_path / "zoo" / zoo.LOCK_FILE).read_text())
-    assert lock == {"tiny_moco.pth.tar": hashlib.sha256(data).hexdigest()}
-    (tmp_path / "zoo" / "tiny_moco.pth.tar").unlink()
+    assert lock == {"tiny_moco": hashlib.sha256(data).hexdigest()}
+    (tmp_path / "zoo" / "tiny_moco" / "tiny_moco.pth.tar").unlink()
     r = run_cli(["zoo", "fetch", e.name, "--root", tmp_path / "zoo", "--mirror", base])
     assert "matches the sha256 pinned" in r.output
     (served / "tiny_moco.pth.tar").write_bytes(data[:-10] + b"0123456789")  # the server now serves another file
-    (tmp_path / "zoo" / "tiny_moco.pth.tar").unlink()
+    (tmp_path / "zoo" / "tiny_moco" / "tiny_moco.pth.tar").unlink()
     r = run_cli(["zoo", "fetch", e.name, "--root", tmp_path / "zoo", "--mirror", base], expect_ok=False)
-    assert "is not the expected sha256:" in r.output
+    assert "is not the expected sha256:" in r.output and "pinned in" in r.output
 
 
 def test_unknown_entries_are_named(tmp_path):
