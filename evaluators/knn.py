@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,7 +30,7 @@ from mocobench.datasets import (
     on_bad_image_option,
     resolve_split,
 )
-from mocobench.evaluators.features import extract_features
+from mocobench.evaluators.features import FeatureKey, extract_features, feature_key, frozen_features
 from mocobench.evaluators.registry import TaskContext, register
 from mocobench.options import option
 from mocobench.pretrain.augment import eval_transform
@@ -37,24 +38,18 @@ from mocobench.pretrain.augment import eval_transform
 logger = logging.getLogger(__name__)
 
 
-def knn_scores(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    num_classes: int,
-    k: int = 200,
-    t: float = 0.07,
-    chunk_size: int = 1024,
+def knn_topk(
+    queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, k: int = 200, chunk_size: int = 1024,
     bank_chunk_size: int = 131072,
-) -> torch.Tensor:
-    """Class scores of each query.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most similar bank entries of each query: (similarities, their labels), most similar first.
 
-    Similarities are computed in blocks of ``chunk_size`` queries x ``bank_chunk_size`` bank entries,
-    keeping a running top-k, so memory stays O(chunk_size * (bank_chunk_size + k)) for any bank size.
-    Shape: queries (M, D), bank (N, D) (both L2-normalised), bank_labels (N,) -> scores (M, num_classes).
+    Similarities are computed in blocks of ``chunk_size`` queries x ``bank_chunk_size`` bank entries with a
+    running top-k, so memory stays O(chunk_size * (bank_chunk_size + k)) for any bank size.
+    Shape: queries (M, D), bank (N, D) (both L2-normalised), bank_labels (N,) -> (M, min(k, N)) twice.
     """
     k = min(k, bank.shape[0])
-    out = []
+    sims, labels = [], []
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size]
         top_sim = top_idx = None
@@ -67,11 +62,51 @@ def knn_scores(
                 merged = torch.cat([top_sim, s], dim=1)
                 top_sim, pos = merged.topk(min(k, merged.shape[1]), dim=1)
                 top_idx = torch.cat([top_idx, i + b0], dim=1).gather(1, pos)
-        weights = (top_sim / t).exp()
-        votes = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)
-        out.append(votes)
-    return torch.cat(out)
+        sims.append(top_sim)
+        labels.append(bank_labels[top_idx])
+    return torch.cat(sims), torch.cat(labels)
+
+
+def knn_vote(top_sim: torch.Tensor, top_labels: torch.Tensor, num_classes: int, t: float = 0.07) -> torch.Tensor:
+    """Class scores: each neighbour votes for its class with ``exp(s / t)``. Shape: (M, k) x2 -> (M, C)."""
+    weights = (top_sim / t).exp()
+    votes = torch.zeros(top_sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+    return votes.scatter_add_(1, top_labels, weights)
+
+
+def knn_scores(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.07,
+    chunk_size: int = 1024,
+    bank_chunk_size: int = 131072,
+) -> torch.Tensor:
+    """Class scores of each query against the whole bank (one process). Shape: (M, D), (N, D), (N,) -> (M, C)."""
+    return knn_vote(*knn_topk(queries, bank, bank_labels, k, chunk_size, bank_chunk_size), num_classes, t)
+
+
+def sharded_knn_scores(
+    queries: torch.Tensor, bank_shard: torch.Tensor, labels_shard: torch.Tensor, num_classes: int, k: int = 200,
+    t: float = 0.07, chunk_size: int = 1024,
+) -> torch.Tensor:
+    """:func:`knn_scores` when each torchrun rank holds one block of the bank (and every query): each rank
+    takes its block's top-k, the (M, k) candidates of all ranks are gathered and merged into the global
+    top-k, so no rank ever holds the whole bank. Same neighbours as one process (ties aside). Every rank
+    returns the scores. Shape: (M, D), (N_r, D), (N_r,) -> (M, C)."""
+    k_all = int(dist.all_reduce_sum(torch.tensor(bank_shard.shape[0], device=queries.device)).item())
+    k = min(k, k_all)
+    sim, lab = knn_topk(queries, bank_shard, labels_shard, k, chunk_size)
+    if dist.get_world_size() > 1:
+        pad = k - sim.shape[1]  # a block smaller than k: pad with candidates that never win
+        sim = F.pad(sim, (0, pad), value=float("-inf"))
+        lab = F.pad(lab, (0, pad), value=0)
+        sims, labs = dist.all_gather_cat(sim[None]), dist.all_gather_cat(lab[None])  # (W, M, k)
+        sim, pos = sims.permute(1, 0, 2).reshape(sim.shape[0], -1).topk(k, dim=1)
+        lab = labs.permute(1, 0, 2).reshape(lab.shape[0], -1).gather(1, pos)
+    return knn_vote(sim, lab, num_classes, t)
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -139,21 +174,35 @@ class KnnConfig:
     batch_size: int = option(256, "Feature-extraction batch size.")
     workers: int = option(4, "Data-loading workers.")
     chunk_size: int = option(1024, "Queries per similarity block (bounds memory).")
+    amp: Literal["fp32", "bf16"] = option("fp32", "Feature extraction precision: fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
     on_bad_image: OnBadImage = on_bad_image_option()
 
 
-@register("knn", KnnConfig, "weighted kNN on frozen pooled features (top-1/top-5)")
+@register("knn", KnnConfig, "weighted kNN on frozen pooled features (top-1/top-5)", distributed=True)
 def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
+    """Under torchrun each process extracts (or reads from the cache) its block of the bank and every query;
+    the top-k is merged across processes (:func:`sharded_knn_scores`)."""
     root = Path(cfg.data)
-    bank_dir = resolve_split(root, (cfg.train_split,))
-    query_dir = eval_split(root, cfg.val_split)
+    bank_images = list_images(resolve_split(root, (cfg.train_split,)), labelled=True, on_bad_image=cfg.on_bad_image)
+    query_images = list_images(eval_split(root, cfg.val_split), labelled=True, on_bad_image=cfg.on_bad_image)
+    if bank_images.classes != query_images.classes:
+        raise DataError(f"kNN: the classes of {bank_images.root} and {query_images.root} differ")
     t0 = time.perf_counter()
-    evaluator = KnnEvaluator(bank_dir, query_dir, cfg.image_size, cfg.k, cfg.t, cfg.batch_size, cfg.workers,
-                             cfg.chunk_size, cfg.on_bad_image)
     device = dist.select_device(cfg.device)
     head = load_projection_head(ctx.info.source).to(device) if cfg.features == "head" else None
-    metrics = evaluator.evaluate(ctx.backbone.to(device), device, head=head)
-    logger.info("kNN (k=%d, t=%g, %s features) on %s: %s in %.1fs", cfg.k, cfg.t, cfg.features, query_dir, metrics,
-                time.perf_counter() - t0)
+    net = ctx.backbone.to(device)
+    tf = eval_transform(cfg.image_size)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for images, gather, name in ((bank_images, False, "kNN bank"), (query_images, True, "kNN queries")):
+        ds = ImageDataset(images, tf)
+        key: FeatureKey = feature_key(ctx, cfg.features, tf, ds, cfg.amp)
+        f, y = frozen_features(net, ds, key, device, cfg.batch_size, cfg.workers, ctx.feature_cache, head, gather, name)
+        out.append((F.normalize(f, dim=1), y))
+    (bank, bank_y), (queries, y) = out
+    scores = sharded_knn_scores(queries, bank, bank_y, len(bank_images.classes), cfg.k, cfg.t, cfg.chunk_size)
+    metrics = topk_accuracy(scores, y)
+    ctx.derived.update(num_bank=len(bank_images), num_queries=len(query_images), processes=dist.get_world_size())
+    logger.info("kNN (k=%d, t=%g, %s features) on %s: %s in %.1fs", cfg.k, cfg.t, cfg.features, query_images.root,
+                metrics, time.perf_counter() - t0)
     return metrics

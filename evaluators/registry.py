@@ -33,13 +33,15 @@ class TaskError(ValueError):
 @dataclass(frozen=True)
 class TaskContext:
     """What a task run gets besides its config: the backbone (fc = Identity), where to write, the
-    seed, and ``derived``: values the task computes from its config (saved in results.json)."""
+    seed, ``derived``: values the task computes from its config (saved in results.json), and the
+    feature cache of the run or suite (None: extract without caching)."""
 
     backbone: nn.Module
     info: BackboneInfo
     out: Path
     seed: int = 0
     derived: dict[str, Any] = field(default_factory=dict)
+    feature_cache: Any = None  # mocobench.evaluators.features.FeatureCache shared by the frozen-feature tasks
 
 
 @dataclass(frozen=True)
@@ -48,19 +50,20 @@ class Task:
     config_cls: type
     run: Callable[[Any, TaskContext], dict[str, float] | None]
     summary: str
+    distributed: bool = False  # runs under torchrun (each rank a share of the work, same numbers)
 
 
 _REGISTRY: dict[str, Task] = {}
 
 
-def register(name: str, config_cls: type, summary: str) -> Callable:
+def register(name: str, config_cls: type, summary: str, distributed: bool = False) -> Callable:
     """Decorator: ``@register("knn", KnnConfig, "...")`` on ``run(cfg, ctx) -> metrics`` (None: stopped
-    early on purpose, resumable; no results are written)."""
+    early on purpose, resumable; no results are written). ``distributed``: the task runs under torchrun."""
 
     def deco(fn):
         if name in _REGISTRY:
             raise TaskError(f"task {name!r} is registered twice")
-        _REGISTRY[name] = Task(name, config_cls, fn, summary)
+        _REGISTRY[name] = Task(name, config_cls, fn, summary, distributed)
         return fn
 
     return deco

@@ -89,9 +89,13 @@ def load_options(fn):
 @click.option("--resume", is_flag=True, default=None, help="Detection: resume the last detectron2 checkpoint.")
 @click.option("--eval-only", is_flag=True, default=None, help="Detection: evaluate only.")
 @click.option("--repeats", type=int, default=None, help="Detection: runs with consecutive seeds (mean and std).")
+@click.option("--feature-cache", default=None, type=click.Path(file_okay=False),
+              help="Frozen-feature cache folder (default: OUT/feature_cache); share it between runs of one checkpoint.")
+@click.option("--feature-cache-fp16", is_flag=True, help="Store cached features in float16 (half the disk).")
 @load_options
 def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite, preset, num_gpus,
-             num_machines, machine_rank, dist_url, resume, eval_only, repeats, load) -> None:
+             num_machines, machine_rank, dist_url, resume, eval_only, repeats, feature_cache, feature_cache_fp16,
+             load) -> None:
     """Evaluate CHECKPOINT (a file, zoo:NAME, or 'random') on one transfer task; writes OUT/results.json.
 
     CHECKPOINT may be any layout of the README's table (mocobench, official MoCo, MoCo v3, solo-learn,
@@ -114,7 +118,8 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     overrides = (*(f"{k}={v}" for k, v in shortcuts.items() if v is not None), *overrides)
     out = out or str(Path("runs") / "transfer" / task_name / Path(checkpoint).stem)
     try:
-        run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load)
+        run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load, feature_cache,
+                     "float16" if feature_cache_fp16 else "float32")
     except (TaskError, DataError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -181,8 +186,10 @@ def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir
 @click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE", help="Override a task's config.")
 @click.option("--report", "report_dir", default=None, help="Report folder (default: OUT/report).")
 @click.option("--baseline", default="supervised", show_default=True, help="Row the report's deltas refer to.")
+@click.option("--feature-cache-fp16", is_flag=True, help="Store the cached features (OUT/<label>/feature_cache) in float16.")
 @load_options
-def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_dir, baseline, load) -> None:
+def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_dir, baseline, feature_cache_fp16,
+          load) -> None:
     """Run a preset's tasks on each CHECKPOINT ([LABEL=]PATH, [LABEL=]zoo:NAME or 'random'), then write the report.
 
     Pairs that already have results are skipped, so re-running an interrupted suite resumes it.
@@ -198,7 +205,7 @@ def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_di
     setup_logging()
     _run_then_report(
         lambda: run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch,
-                          overrides, load),
+                          overrides, load, "float16" if feature_cache_fp16 else "float32"),
         SuiteError, out, report_dir or Path(out) / "report", baseline)
 
 

@@ -81,11 +81,39 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+@torch.no_grad()
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate along dim 0 the tensors of every rank, in rank order, when their row counts differ (a
+    rank may hold none). Shape: (B_r, ...) on rank r -> (sum B_r, ...)."""
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    meta = torch.tensor([tensor.shape[0], tensor.shape[1] if tensor.dim() > 1 else 0], device=tensor.device)
+    sizes = [torch.zeros_like(meta) for _ in range(world)]
+    dist.all_gather(sizes, meta)
+    rows = [int(s[0]) for s in sizes]
+    trailing = tuple(tensor.shape[1:]) if tensor.shape[0] else ((max(int(s[1]) for s in sizes),) if tensor.dim() > 1 else ())
+    padded = tensor.new_zeros((max(rows), *trailing))
+    padded[: tensor.shape[0]] = tensor
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:r] for o, r in zip(out, rows, strict=True)])
+
+
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """In-place broadcast from ``src``; identity on one process."""
     if is_dist():
         dist.broadcast(tensor, src)
     return tensor
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over ranks (a new tensor); itself on one process."""
+    if not is_dist():
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out)
+    return out
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

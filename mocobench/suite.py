@@ -118,9 +118,12 @@ def run_suite(
     arch: str | None = None,
     overrides: tuple[str, ...] = (),
     load: LoadOptions | None = None,
+    cache_dtype: str = "float32",
 ) -> list[Path]:
     """Run every (checkpoint, task) pair that has no results yet; returns all results files of the suite.
-    ``load`` (how to read a file checkpoint) applies to every file; zoo entries carry their own."""
+    ``load`` (how to read a file checkpoint) applies to every file; zoo entries carry their own. The
+    frozen-feature tasks of one checkpoint share ``<out>/<label>/feature_cache``, so each split is decoded
+    and passed through the backbone once per checkpoint, whatever the number of tasks reading it."""
     from mocobench.transfer.run import run_transfer
 
     specs = select_tasks(preset, tasks)
@@ -148,7 +151,8 @@ def run_suite(
         error = path = None
         try:
             path = run_transfer(spec.task, source, task_out, sets, arch, label,  # logs into task_out/log.txt
-                                load=_for_zoo(load) if source.startswith("zoo:") else load)
+                                load=_for_zoo(load) if source.startswith("zoo:") else load,
+                                feature_cache=out / label / "feature_cache", cache_dtype=cache_dtype)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
             error = e
         setup_logging(0, out / "suite.log")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
+import torch
+
+from mocobench import dist
 from mocobench.checkpoint import LoadOptions, load_backbone, set_input_normalization
-from mocobench.evaluators.registry import TaskContext, TaskError, get_task
+from mocobench.evaluators.features import FeatureCache
+from mocobench.evaluators.registry import TaskContext, TaskError, get_task, tasks
 from mocobench.layouts import NORMALIZATIONS
 from mocobench.log import setup_logging
 from mocobench.options import apply_overrides
@@ -27,9 +32,16 @@ def run_transfer(
     seed: int = 0,
     overwrite: bool = False,
     load: LoadOptions | None = None,
+    feature_cache: str | Path | None = None,
+    cache_dtype: str = "float32",
 ) -> Path | None:
     """Load ``checkpoint`` through the one reader, run the task, write results; returns the results path
-    (None when the task stopped early on purpose, e.g. the linear protocol's ``stop_at``).
+    (None when the task stopped early on purpose, e.g. the linear protocol's ``stop_at``, and on the
+    other ranks of a torchrun launch).
+
+    Frozen-feature tasks share ``feature_cache`` (default ``<out>/feature_cache``; ``cache_dtype`` float16
+    halves it). Under torchrun (WORLD_SIZE > 1) the process group is joined here, for the tasks that
+    support it; rank 0 writes the results.
 
     ``normalize=NAME`` among ``overrides`` replaces the input normalisation the checkpoint expects (its
     layout's or catalogue entry's); every task feeds the backbone that normalisation and records it."""
@@ -49,8 +61,14 @@ def run_transfer(
     out = Path(out)
     if (out / RESULTS_FILE).exists() and not overwrite:
         raise TaskError(f"{out / RESULTS_FILE} exists; pass --overwrite to replace it or choose another --out")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not task.distributed:
+            raise TaskError(f"task {task_name} does not run under torchrun (tasks that do: "
+                            f"{', '.join(n for n, t in tasks().items() if t.distributed)}); detection launches its "
+                            "own processes with --num-gpus")
+        dist.init_from_env(use_cuda=torch.cuda.is_available() and getattr(cfg, "device", "auto") != "cpu")
     out.mkdir(parents=True, exist_ok=True)
-    setup_logging(0, out / "log.txt")
+    setup_logging(dist.get_rank(), out / "log.txt")
     backbone, info = load_backbone(checkpoint, arch=arch, seed=seed, options=load)
     if normalize:
         info = dataclasses.replace(info, normalize=normalize[-1])
@@ -58,11 +76,14 @@ def run_transfer(
     logger.info("task %s on %s (%s, %s, %s); input normalisation %s %s", task_name, checkpoint, info.format,
                 info.arch, info.method, info.normalize, "(--set normalize)" if normalize else "(the checkpoint's)")
     t0 = time.perf_counter()
-    ctx = TaskContext(backbone, info, out, seed)
+    cache = FeatureCache(feature_cache or out / "feature_cache", cache_dtype)
+    ctx = TaskContext(backbone, info, out, seed, feature_cache=cache)
     ctx.derived["normalize"] = f"{info.normalize} ({'--set normalize' if normalize else 'the checkpoint'})"
     metrics = task.run(cfg, ctx)
     if metrics is None:
         logger.info("%s stopped before the end; run the same command again to resume (no results yet)", task_name)
+        return None
+    if not dist.is_main():
         return None
     config = {**dataclasses.asdict(cfg), "derived": ctx.derived}
     path = write_results(out, task_name, info, metrics, config, seed, time.perf_counter() - t0, pretraining)

@@ -1,0 +1,143 @@
+"""The one frozen-feature path: sharded extraction and kNN over real gloo processes equal one process; the
+feature cache is hit, reused across process counts, and never read for a changed key."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import torchvision
+
+from mocobench.datasets import ImageDataset, list_images
+from mocobench.evaluators.features import FeatureCache, FeatureKey, dataset_identity, frozen_features, shard
+from mocobench.evaluators.knn import knn_scores, sharded_knn_scores
+from mocobench.pretrain.augment import eval_transform
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bank():
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(103, 16, generator=g, dtype=torch.float64), dim=1)
+    queries = F.normalize(torch.randn(37, 16, generator=g, dtype=torch.float64), dim=1)
+    return bank, torch.randint(0, 5, (103,), generator=g), queries
+
+
+def _sharded_worker(rank: int, world: int, port: int, k: int, out: str) -> None:
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    bank, labels, queries = _bank()
+    mine = shard(len(bank), rank, world)
+    scores = sharded_knn_scores(queries, bank[mine.start:mine.stop], labels[mine.start:mine.stop], 5, k, 0.07, 8)
+    torch.save(scores, f"{out}/scores{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [10, 60])  # 60 > a shard's 51 rows: the padded merge
+def test_sharded_knn_gives_the_one_process_neighbours(tmp_path, k):
+    mp.spawn(_sharded_worker, args=(2, _free_port(), k, str(tmp_path)), nprocs=2, join=True)
+    bank, labels, queries = _bank()
+    ref = knn_scores(queries, bank, labels, 5, k, 0.07, chunk_size=8)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"scores{rank}.pt")
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)  # float64: the same sums in the same order
+        assert torch.equal(got.argmax(1), ref.argmax(1))
+
+
+def test_shards_cover_every_row_once():
+    for n in (0, 1, 7, 103):
+        for world in (1, 2, 3, 8):
+            rows = [i for r in range(world) for i in shard(n, r, world)]
+            assert rows == list(range(n))
+
+
+class _Counting(torch.nn.Module):
+    """A ResNet-18 whose conv1 counts the images it sees (to show that a cache hit runs nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torchvision.models.resnet18()
+        self.seen = 0
+        self.net.conv1.register_forward_pre_hook(lambda m, a: setattr(self, "seen", self.seen + len(a[0])))
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.net, name)
+
+
+def _key(ds, **kw) -> FeatureKey:
+    base = dict(checkpoint="abc", normalize="imagenet", features="backbone", transform=repr(ds.transform),
+                images=dataset_identity(ds), precision="fp32")
+    return FeatureKey(**{**base, **kw})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_cache_hit_runs_nothing_and_returns_the_same_features(synth, tmp_path, dtype):
+    ds = ImageDataset(list_images(synth / "val", labelled=True), eval_transform(32))
+    net, cache, dev = _Counting(), FeatureCache(tmp_path / "cache", dtype), torch.device("cpu")
+    f1, y1 = frozen_features(net, ds, _key(ds), dev, 8, 0, cache)
+    assert net.seen == len(ds)
+    f2, y2 = frozen_features(net, ds, _key(ds), dev, 8, 0, cache)
+    assert net.seen == len(ds)  # nothing extracted the second time
+    assert torch.equal(f1, f2) and torch.equal(y1, y2) and f1.dtype == torch.float32
+    meta = json.loads((cache.entry(_key(ds)) / "meta.json").read_text())
+    assert meta["rows"] == len(ds) and meta["dtype"] == dtype and meta["key"]["checkpoint"] == "abc"
+
+
+def test_a_changed_key_is_never_read(synth, tmp_path):
+    ds = ImageDataset(list_images(synth / "val", labelled=True), eval_transform(32))
+    net, cache, dev = _Counting(), FeatureCache(tmp_path / "cache"), torch.device("cpu")
+    frozen_features(net, ds, _key(ds), dev, 8, 0, cache)
+    for change in ({"checkpoint": "abd"}, {"normalize": "none"}, {"features": "head"}, {"precision": "bf16"},
+                   {"transform": repr(eval_transform(48))}):
+        assert cache.read(_key(ds, **change), range(len(ds))) is None, change
+    assert FeatureCache(tmp_path / "cache", "float16").read(_key(ds), range(len(ds))) is None  # another dtype
+    meta_path = cache.entry(_key(ds)) / "meta.json"  # an entry whose stored key differs (a hash collision)
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "key": {**meta["key"], "images": "other"}}))
+    assert cache.read(_key(ds), range(len(ds))) is None
+    img = ds.images.paths[0]  # an image rewritten in place changes the key
+    before = dataset_identity(ds)
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    assert dataset_identity(ds) != before
+
+
+@pytest.mark.slow
+def test_torchrun_knn_equals_one_process_and_the_cache_serves_either(synth, tmp_path):
+    args = ["transfer", "random", "--arch", "resnet18", "--task", "knn", "--data", str(synth), "--set", "image_size=32",
+            "--set", "workers=0", "--set", "k=5", "--set", "batch_size=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), "-m", "mocobench.cli", *args, "--out", str(tmp_path / "two"),
+                          "--feature-cache", str(tmp_path / "cache2")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "mocobench.cli", *args, "--out", str(tmp_path / "one"),
+                          "--feature-cache", str(tmp_path / "cache1")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert r2["metrics"] == r1["metrics"] and r2["config"]["derived"]["processes"] == 2
+    # the two-process cache, read by one process: a hit, the same numbers
+    again = subprocess.run([sys.executable, "-m", "mocobench.cli", *args, "--out", str(tmp_path / "again"),
+                            "--feature-cache", str(tmp_path / "cache2")], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("feature cache hit") == 2 and "miss" not in again.stderr
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["metrics"] == r1["metrics"]
