@@ -40,7 +40,7 @@ def resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(net.avgpool(x), 1)
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"amp={precision}: expected one of {', '.join(PRECISIONS)}")
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
@@ -60,7 +60,7 @@ def extract_features(
     feats, labels = [], []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for images, y in loader:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             f = resnet_features(net, images.to(device, memory_format=fmt))
             if head is not None:
                 f = head(f)
@@ -159,11 +159,12 @@ class FeatureCache:
 
 
 def feature_key(ctx, features: str, transform, dataset: Dataset, precision: str) -> FeatureKey:
-    """The cache key of ``dataset`` under ``transform`` for the backbone of task context ``ctx``."""
+    """The cache key of ``dataset`` under ``transform`` (the transform, or a string that names it fully) for
+    the backbone of task context ``ctx``."""
     info = ctx.info
     checkpoint = info.sha256 if info.sha256 else f"random:{info.arch}:{info.stem}:seed{ctx.seed}"
-    return FeatureKey(checkpoint, info.normalize, features, " ".join(repr(transform).split()),
-                      dataset_identity(dataset), precision)
+    described = transform if isinstance(transform, str) else " ".join(repr(transform).split())
+    return FeatureKey(checkpoint, info.normalize, features, described, dataset_identity(dataset), precision)
 
 
 def shard(n: int, rank: int, world: int) -> range:

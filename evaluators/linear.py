@@ -14,6 +14,14 @@ Modes:
 * ``cached``: backbone features of the training set are extracted once (the centre crop, plus
   ``cached_views - 1`` augmented views per image), and the same linear layer is trained on them with the
   same schedule. Much faster; it is an approximation (fewer distinct augmentations).
+
+Under torchrun (N processes) the global batch stays ``batch_size``: each process reads its contiguous
+piece of every global batch (the same (index, seed) pairs one process would read, augmentations seeded
+by (seed, epoch, index)), the pieces' features are gathered, and every process applies the identical
+update of the fc layer to the whole global batch, so N processes train the classifier one process
+trains (the features agree up to the backbone's float rounding on other batch shapes). Features of
+the validation set and of cached views go through the one feature path (sharded, cached); every val
+image is scored exactly once.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from mocobench import dist
@@ -43,8 +51,9 @@ from mocobench.datasets import (
     list_images,
     on_bad_image_option,
     resolve_split,
+    sample_seed,
 )
-from mocobench.evaluators.features import extract_features, resnet_features
+from mocobench.evaluators.features import autocast, feature_key, frozen_features, resnet_features
 from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import option
@@ -74,6 +83,7 @@ class LinearConfig:
     image_size: int = option(224, "Crop size (test: resize to size*256/224, centre crop).")
     cached_views: int = option(1, "cached mode: views per training image (1 = centre crop; more add RRC+flip views).")
     workers: int = option(4, "Data-loading workers.")
+    amp: Literal["fp32", "bf16"] = option("fp32", "Backbone precision: fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
     resume: bool = option(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
     stop_at: int = option(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.")
@@ -116,12 +126,22 @@ def evaluate(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> dict[s
     return topk_accuracy(fc(feats), labels)
 
 
-def _feature_batches(backbone, loader, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Frozen features of each training batch (the backbone stays in eval mode, no gradient)."""
-    for images, labels in loader:
-        with torch.no_grad():
-            feats = resnet_features(backbone, images.to(device))
-        yield feats, labels.to(device)
+def _collate(batch):
+    """default_collate, and None for a rank's empty piece of the last global batch."""
+    return default_collate(batch) if batch else None
+
+
+def _feature_batches(backbone, loader, device, precision: str, dim: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Frozen features of each global training batch (the backbone stays in eval mode, no gradient): this
+    process's piece, gathered with the other processes' pieces in rank order."""
+    for batch in loader:
+        if batch is None:
+            feats, labels = torch.zeros(0, dim, device=device), torch.zeros(0, dtype=torch.long, device=device)
+        else:
+            with torch.no_grad(), autocast(device, precision):
+                feats = resnet_features(backbone, batch[0].to(device)).float()
+            labels = batch[1].to(device)
+        yield dist.all_gather_rows(feats), dist.all_gather_rows(labels)
 
 
 def _tensor_batches(feats, labels, batch_size: int, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -139,7 +159,7 @@ def _assert_frozen(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> N
             raise RuntimeError(f"linear protocol: frozen backbone tensor {k} changed during training")
 
 
-@register("linear", LinearConfig, "linear classifier on the frozen backbone (main_lincls protocol)")
+@register("linear", LinearConfig, "linear classifier on the frozen backbone (main_lincls protocol)", distributed=True)
 def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     """Train and score the linear classifier; None when ``stop_at`` stopped a faithful run early."""
     root = Path(cfg.data)
@@ -156,28 +176,34 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     ctx.derived.update(lr_scaled=lr, lr_milestones=list(steps), num_train=len(train), num_val=len(val))
 
     t0 = time.perf_counter()
-    val_loader = DataLoader(ImageDataset(val, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
-                            num_workers=cfg.workers)
-    val_feats, val_labels = extract_features(backbone, val_loader, device, normalize=False)
+    world = dist.get_world_size()
+    if cfg.batch_size % world:
+        raise TaskError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
+    val_ds = ImageDataset(val, eval_transform(cfg.image_size))
+    val_feats, val_labels = frozen_features(backbone, val_ds, feature_key(ctx, "backbone", val_ds.transform, val_ds,
+                                                                          cfg.amp),
+                                            device, cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear val")
     dim = val_feats.shape[1]
+    ctx.derived["processes"] = world
     torch.manual_seed(ctx.seed)
     fc = new_classifier(dim, len(train.classes)).to(device)
     optimizer = torch.optim.SGD(fc.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     if cfg.mode == "cached":
-        train_feats, train_labels = _cached_train_features(cfg, backbone, train, device, ctx.seed)
+        train_feats, train_labels = _cached_train_features(cfg, ctx, backbone, train, device)
         ctx.derived["feature_time_s"] = round(time.perf_counter() - t0, 2)
 
         def batches(epoch):
             return _tensor_batches(train_feats, train_labels, cfg.batch_size, ctx.seed, epoch)
     else:
-        sampler = EpochBatchSampler(len(train), cfg.batch_size, ctx.seed, drop_last=False)
-        loader = DataLoader(SeededImageDataset(train, linear_train_transform(cfg.image_size)),
-                            batch_sampler=sampler, num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+        sampler = EpochBatchSampler(len(train), cfg.batch_size // world, ctx.seed, dist.get_rank(), world,
+                                    drop_last=False)
+        loader = DataLoader(SeededImageDataset(train, linear_train_transform(cfg.image_size)), batch_sampler=sampler,
+                            num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=_collate)
 
         def batches(epoch):
             sampler.set_epoch(epoch)
-            return _feature_batches(backbone, loader, device)
+            return _feature_batches(backbone, loader, device, cfg.amp, dim)
 
     reference = copy.deepcopy(backbone.state_dict())
     state_path = ctx.out / STATE_FILE
@@ -204,8 +230,10 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
         history.append({"epoch": epoch + 1, "loss": loss, **evaluate(fc, val_feats, val_labels)})
         logger.info("linear epoch %d/%d: %s", epoch + 1, cfg.epochs, history[-1])
         if cfg.mode == "faithful":
-            atomic_save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": optimizer.state_dict(),
-                         "history": history, "config": asdict(cfg)}, state_path)
+            if dist.is_main():  # every process holds the same fc
+                atomic_save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": optimizer.state_dict(),
+                             "history": history, "config": asdict(cfg)}, state_path)
+            dist.barrier()
             if cfg.stop_at and epoch + 1 >= cfg.stop_at and epoch + 1 < cfg.epochs:
                 logger.info("linear: stopped after epoch %d (stop_at); run again to resume", epoch + 1)
                 return None
@@ -218,17 +246,33 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     return metrics
 
 
-def _cached_train_features(cfg: LinearConfig, backbone, train, device, seed: int):
-    """Centre-crop features of every training image, plus ``cached_views - 1`` seeded augmented views."""
-    centre = DataLoader(ImageDataset(train, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
-                        num_workers=cfg.workers)
-    f0, y0 = extract_features(backbone, centre, device, normalize=False)
-    feats, labels = [f0], [y0]
+class SeededView(Dataset):
+    """View ``view`` of every image: ``dataset[i]`` is the training transform under the seed of (seed, view, i),
+    so a cached view is a fixed function of its index (and shardable and cacheable like any data set)."""
+
+    def __init__(self, images, transform, seed: int, view: int) -> None:
+        self.base, self.seed, self.view = SeededImageDataset(images, transform), seed, view
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return self.base[(index, sample_seed(self.seed, self.view, index))]
+
+
+def _cached_train_features(cfg: LinearConfig, ctx: TaskContext, backbone, train, device):
+    """Centre-crop features of every training image, plus ``cached_views - 1`` seeded augmented views, all
+    through the one feature path (the centre crops are the kNN bank's features: one cache entry)."""
+    centre = ImageDataset(train, eval_transform(cfg.image_size))
+    sets = [(centre, " ".join(repr(centre.transform).split()))]
     for view in range(1, cfg.cached_views):
-        sampler = EpochBatchSampler(len(train), cfg.batch_size, seed + view, drop_last=False)
-        loader = DataLoader(SeededImageDataset(train, linear_train_transform(cfg.image_size)),
-                            batch_sampler=sampler, num_workers=cfg.workers)
-        f, y = extract_features(backbone, loader, device, normalize=False)
+        ds = SeededView(train, linear_train_transform(cfg.image_size), ctx.seed, view)
+        sets.append((ds, f"{' '.join(repr(ds.transform).split())} seed={ctx.seed} view={view}"))
+    feats, labels = [], []
+    for ds, transform in sets:
+        f, y = frozen_features(backbone, ds, feature_key(ctx, "backbone", transform, ds, cfg.amp), device,
+                               cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear train")
         feats.append(f)
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)

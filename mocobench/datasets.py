@@ -236,7 +236,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     Global batch ``s`` of an epoch is ``perm[s*G:(s+1)*G]`` with ``G = batch * world``; rank ``r``
     takes its contiguous ``batch``-sized piece, so W processes see exactly the global batches that
     one process with batch ``W * batch`` would. Call :meth:`set_epoch` before iterating;
-    ``start_step`` skips batches already done (resume).
+    ``start_step`` skips batches already done (resume). With ``drop_last=False`` the last, partial global
+    batch is split into ``world`` contiguous pieces as even as possible (some may be empty when it holds
+    fewer than ``world`` images), so the union is still exactly one process's last batch.
     """
 
     def __init__(
@@ -250,8 +252,6 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.drop_last = drop_last
         self.epoch = 0
         self.start_step = 0
-        if not drop_last and world > 1:
-            raise ValueError("drop_last=False is only supported on one process")
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"the dataset has {num_samples} images, fewer than one global batch of {batch_size * world}"
@@ -274,5 +274,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         perm = torch.randperm(self.num_samples, generator=g).tolist()
         gb = self.batch_size * self.world
         for s in range(self.start_step, self.steps_per_epoch):
-            lo = s * gb + self.rank * self.batch_size
-            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in perm[lo : lo + self.batch_size]]
+            lo, size = s * gb + self.rank * self.batch_size, self.batch_size
+            left = self.num_samples - s * gb
+            if left < gb:  # the partial last global batch (drop_last=False): even contiguous pieces
+                lo, size = s * gb + self.rank * left // self.world, (self.rank + 1) * left // self.world - self.rank * left // self.world
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in perm[lo : lo + size]]

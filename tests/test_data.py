@@ -93,3 +93,19 @@ def test_synthetic_set_is_deterministic_and_refuses_a_non_empty_folder(tmp_path)
     assert digest(write_synthetic_classification(tmp_path / "c", SynthSpec(3, 2, 1, 24, 8))) != digest(a)
     with pytest.raises(ValueError, match="not empty"):
         write_synthetic_classification(a, spec)
+
+
+def test_the_partial_last_global_batch_is_split_evenly_across_ranks():
+    one = EpochBatchSampler(21, 8, seed=1, drop_last=False)
+    ranks = [EpochBatchSampler(21, 4, seed=1, rank=r, world=2, drop_last=False) for r in range(2)]
+    for s in (one, *ranks):
+        s.set_epoch(2)
+    batches = list(one)
+    assert [len(b) for b in batches] == [8, 8, 5]
+    pieces = [list(r) for r in ranks]
+    assert [len(b) for b in pieces[0]] == [4, 4, 2] and [len(b) for b in pieces[1]] == [4, 4, 3]
+    for full, a, b in zip(batches, *pieces, strict=True):
+        assert full == a + b
+    three = [EpochBatchSampler(17, 4, seed=0, rank=r, world=4, drop_last=False) for r in range(4)]
+    last = [list(r)[-1] for r in three]  # one image left for four ranks: three get none
+    assert sorted(len(b) for b in last) == [0, 0, 0, 1]

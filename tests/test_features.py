@@ -141,3 +141,37 @@ def test_torchrun_knn_equals_one_process_and_the_cache_serves_either(synth, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("feature cache hit") == 2 and "miss" not in again.stderr
     assert json.loads((tmp_path / "again" / "results.json").read_text())["metrics"] == r1["metrics"]
+
+
+def _cli(args, env, nproc=1):
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(_free_port()), "-m", "mocobench.cli"] if nproc > 1 else [sys.executable, "-m", "mocobench.cli"])
+    r = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_torchrun_linear_trains_the_one_process_classifier_and_resumes(synth, tmp_path):
+    """Faithful mode, 2 epochs, global batch 12 over 2 gloo processes (64 images: a partial last batch of 4)
+    against one process; then a 2-process run stopped after epoch 1 and resumed."""
+    args = ["transfer", "random", "--arch", "resnet18", "--task", "linear", "--data", synth, "--set", "image_size=32",
+            "--set", "workers=0", "--set", "epochs=2", "--set", "batch_size=12", "--set", "lr=3.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _cli([*args, "--out", tmp_path / "one"], env)
+    _cli([*args, "--out", tmp_path / "two"], env, nproc=2)
+    _cli([*args, "--out", tmp_path / "stopped", "--set", "stop_at=1"], env, nproc=2)
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    _cli([*args, "--out", tmp_path / "stopped"], env, nproc=2)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    fc_one = torch.load(tmp_path / "one" / "linear_last.pth", weights_only=True)["fc"]
+    for run in ("two", "stopped"):
+        rec = json.loads((tmp_path / run / "results.json").read_text())
+        assert rec["config"]["derived"]["processes"] == 2
+        for k, v in one["metrics"].items():
+            assert abs(rec["metrics"][k] - v) <= 1e-5, (run, k)
+        for h1, h2 in zip(one["config"]["derived"]["history"], rec["config"]["derived"]["history"], strict=True):
+            assert abs(h1["loss"] - h2["loss"]) <= 1e-5 * max(1.0, abs(h1["loss"])), run
+        fc = torch.load(tmp_path / run / "linear_last.pth", weights_only=True)["fc"]
+        for k in fc_one:
+            torch.testing.assert_close(fc[k], fc_one[k], atol=1e-5, rtol=1e-5)
