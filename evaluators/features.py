@@ -77,6 +77,8 @@ def dataset_identity(dataset: Dataset) -> str:
     """What names a data set's samples in the cache key: the root, every path, label, size and mtime of an
     image list (``ImageDataset``/``SeededImageDataset``), else the class, its root and split, its length
     and its file list."""
+    if isinstance(dataset, Subset):  # a held-out split of a torchvision set: the set and the indices
+        return hashlib.sha256(f"{dataset_identity(dataset.dataset)}:{list(dataset.indices)}".encode()).hexdigest()[:16]
     images = getattr(dataset, "images", None)
     h = hashlib.sha256()
     if images is not None and hasattr(images, "paths"):

@@ -50,7 +50,7 @@ from mocobench.datasets import (
     on_bad_image_option,
     resolve_split,
 )
-from mocobench.evaluators.features import extract_features, resnet_features
+from mocobench.evaluators.features import extract_features, feature_key, frozen_features, resnet_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import option
 from mocobench.pretrain.augment import (
@@ -80,7 +80,7 @@ TORCHVISION_SETS = {
 #: pets); every other set, and a plain folder, by top-1.
 MEAN_PER_CLASS_SETS = frozenset({"aircraft", "flowers102", "pets"})
 #: Fields of one protocol that the other does not read (left out of the report's protocol and hash).
-PROTOCOL_FIELDS = {"linear": ("wd_min", "wd_max", "grid_size", "max_iter", "warm_start"),
+PROTOCOL_FIELDS = {"linear": ("wd_min", "wd_max", "grid_size", "max_iter", "warm_start", "amp"),
                    "finetune": ("ft_lrs", "ft_wds", "ft_steps", "ft_batch_size")}
 #: How the L2 grid is walked (recorded in the results): from the weakest regularisation up, as ssl-transfer.
 GRID_ORDER = "ascending wd (C = 1/wd from large to small); ties keep the first, i.e. the smallest wd"
@@ -118,6 +118,7 @@ class FinegrainedConfig:
     ft_batch_size: int = option(64, "finetune: batch size (ssl-transfer: 64; Kornblith: 256).")
     batch_size: int = option(64, "Feature-extraction batch size.")
     workers: int = option(4, "Data-loading workers.")
+    amp: Literal["fp32", "bf16"] = option("fp32", "Feature extraction precision (linear protocol): fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
 
     def resolved_metric(self) -> str:
@@ -212,7 +213,8 @@ def load_splits(cfg: FinegrainedConfig, transforms: dict[str, object]) -> dict[s
     return out
 
 
-@register("finegrained", FinegrainedConfig, "fine-grained transfer: many-shot logistic regression or fine-tuning")
+@register("finegrained", FinegrainedConfig, "fine-grained transfer: many-shot logistic regression or fine-tuning",
+          distributed=True)
 def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float]:
     if cfg.grid_size < 1:
         raise TaskError(f"grid_size must be at least 1, got {cfg.grid_size}")
@@ -222,17 +224,23 @@ def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float
     ctx.derived.update(headline=metric, transform=" ".join(repr(test_tf).split()), split_seed=cfg.split_seed,
                        unused=[f for p, fields in PROTOCOL_FIELDS.items() if p != cfg.protocol for f in fields])
     if cfg.protocol == "finetune":
+        if dist.get_world_size() > 1:
+            raise TaskError("protocol=finetune runs in one process (its grid is sequential); run it without torchrun")
         ctx.derived["train_transform"] = " ".join(repr(train_tf).split())
         return _finetune(cfg, ctx, ctx.backbone.to(device), device, metric, train_tf, test_tf)
     splits = load_splits(cfg, {"train": test_tf, "val": test_tf, "test": test_tf})
     net = ctx.backbone.to(device)
     t0 = time.perf_counter()
     feats = {}
-    for k, ds in splits.items():
-        loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
-        f, y = extract_features(net, loader, device, normalize=False)
+    for k, ds in splits.items():  # the one feature path: sharded under torchrun, cached
+        key = feature_key(ctx, "backbone", test_tf, ds, cfg.amp)
+        f, y = frozen_features(net, ds, key, device, cfg.batch_size, cfg.workers, ctx.feature_cache,
+                               name=f"finegrained {k}")
         feats[k] = (f.cpu().double().numpy(), y.cpu().numpy())
     t_feat = time.perf_counter() - t0
+    ctx.derived["processes"] = dist.get_world_size()
+    if not dist.is_main():  # the fit is cheap next to the extraction, and only rank 0 writes the results
+        return {}
     wds = np.logspace(cfg.wd_min, cfg.wd_max, cfg.grid_size)
     res = select_and_fit(feats["train"], feats["val"], feats["test"], wds, metric, cfg.max_iter, cfg.warm_start)
     ctx.derived.update(

@@ -175,3 +175,20 @@ def test_torchrun_linear_trains_the_one_process_classifier_and_resumes(synth, tm
         fc = torch.load(tmp_path / run / "linear_last.pth", weights_only=True)["fc"]
         for k in fc_one:
             torch.testing.assert_close(fc[k], fc_one[k], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_finegrained_selects_the_one_process_c_and_score(shared_data, tmp_path):
+    """Real Flowers images (flowers102-sub): two gloo processes extract half of each split each."""
+    args = ["transfer", "random", "--arch", "resnet18", "--task", "finegrained", "--data",
+            shared_data / "flowers102-sub", "--set", "image_size=32", "--set", "workers=0", "--set", "grid_size=6",
+            "--set", "batch_size=64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _cli([*args, "--out", tmp_path / "one"], env)
+    _cli([*args, "--out", tmp_path / "two"], env, nproc=2)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["config"]["derived"]["processes"] == 2
+    assert two["config"]["derived"]["C_chosen"] == one["config"]["derived"]["C_chosen"]
+    for k, v in one["metrics"].items():
+        assert abs(two["metrics"][k] - v) <= 1e-6, k
