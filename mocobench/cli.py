@@ -167,6 +167,12 @@ def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir
         run()
     except partial_failure as e:
         error = e
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
+        if error is not None:
+            raise click.ClickException(str(error))
+        return
     try:
         report = write_report([runs_dir], report_dir, baseline, title)
         logger.info("report: %s", report.out / "report.md")

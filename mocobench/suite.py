@@ -9,6 +9,7 @@ stop the others; the suite reports the failures at the end.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,16 +125,27 @@ def run_suite(
     ``load`` (how to read a file checkpoint) applies to every file; zoo entries carry their own. The
     frozen-feature tasks of one checkpoint share ``<out>/<label>/feature_cache``, so each split is decoded
     and passed through the backbone once per checkpoint, whatever the number of tasks reading it."""
+    from mocobench import dist
+    from mocobench.evaluators.registry import get_task
     from mocobench.transfer.run import run_transfer
 
     specs = select_tasks(preset, tasks)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: the tasks that shard over processes; detection launches its own
+        skipped = [s.task for s in specs if not get_task(s.task).distributed]
+        specs = tuple(s for s in specs if get_task(s.task).distributed)
+        if skipped:
+            logger.warning("under torchrun the suite runs %s; run %s without torchrun afterwards (same --out: "
+                           "finished pairs are skipped; detection takes --set TASK.num_procs=N)",
+                           ", ".join(s.task for s in specs), ", ".join(skipped))
     extra = split_overrides(overrides, PRESETS[preset])  # keys of unselected tasks of the preset are fine
     pairs = [parse_checkpoint(c) for c in checkpoints]
     labels = [label for label, _ in pairs]
     if len(set(labels)) != len(labels):
         raise SuiteError(f"two checkpoints have the same label ({labels}); name them LABEL=PATH")
     out = Path(out)
-    setup_logging(0, out / "suite.log")
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(rank, out / "suite.log")
     done, failed = [], []
     total = len(pairs) * len(specs)
     for i, ((label, source), spec) in enumerate(((p, s) for p in pairs for s in specs), start=1):
@@ -155,13 +167,14 @@ def run_suite(
                                 feature_cache=out / label / "feature_cache", cache_dtype=cache_dtype)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
             error = e
-        setup_logging(0, out / "suite.log")
+        setup_logging(rank, out / "suite.log")
         if error is not None:
             logger.error("%s on %s failed: %s", spec.task, label, error)
             failed.append(f"{spec.task} on {label}: {type(error).__name__}: {error}")
             continue
         if path is not None:
             done.append(path)
+    dist.barrier()  # every rank's last pair is done before rank 0 reports
     if failed:
         raise SuiteError(f"{len(failed)} of {total} pairs failed (the others are in {out}):\n  " + "\n  ".join(failed))
     return done

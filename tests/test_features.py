@@ -192,3 +192,24 @@ def test_torchrun_finegrained_selects_the_one_process_c_and_score(shared_data, t
     assert two["config"]["derived"]["C_chosen"] == one["config"]["derived"]["C_chosen"]
     for k, v in one["metrics"].items():
         assert abs(two["metrics"][k] - v) <= 1e-6, k
+
+
+@pytest.mark.slow
+def test_suite_under_torchrun_and_one_cache_per_checkpoint(synth, tmp_path):
+    """knn and cached linear read the same splits under the same transform: the suite decodes them once per
+    checkpoint (linear's features are cache hits); under torchrun the same suite gives the same numbers."""
+    args = ["suite", "random", "--arch", "resnet18", "--preset", "demo", "--tasks", "knn,linear", "--data-root",
+            synth.parent, "--set", f"knn.data={synth}", "--set", f"linear.data={synth}", "--set", "knn.image_size=32",
+            "--set", "linear.image_size=32", "--set", "knn.workers=0", "--set", "linear.workers=0",
+            "--set", "linear.epochs=2", "--set", "knn.k=5", "--set", "linear.batch_size=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _cli([*args, "--out", tmp_path / "one"], env)
+    log = (tmp_path / "one" / "random" / "linear" / "log.txt").read_text()
+    assert "linear val: feature cache hit" in log and "linear train: feature cache hit" in log
+    assert len(list((tmp_path / "one" / "random" / "feature_cache").glob("*/meta.json"))) == 2  # train, val
+    _cli([*args, "--out", tmp_path / "two"], env, nproc=2)
+    for task in ("knn", "linear"):
+        one = json.loads((tmp_path / "one" / "random" / task / "results.json").read_text())["metrics"]
+        two = json.loads((tmp_path / "two" / "random" / task / "results.json").read_text())["metrics"]
+        assert all(abs(one[k] - two[k]) <= 1e-5 for k in one), task
+    assert (tmp_path / "two" / "report" / "report.md").exists()
