@@ -22,6 +22,7 @@ EVALUATOR_MODULES = (
     "mocobench.evaluators.knn",
     "mocobench.evaluators.linear",
     "mocobench.evaluators.finegrained",
+    "mocobench.evaluators.fewshot",
     "mocobench.evaluators.detection",
 )
 

@@ -37,7 +37,8 @@ NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug")
 QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil"}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
 ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
-FAMILIES = {"classification": ("knn", "linear", "finegrained"), "detection": ("voc_det", "coco_det", "coco_instseg")}
+FAMILIES = {"classification": ("knn", "linear", "finegrained", "fewshot", "voc07_svm"),
+            "detection": ("voc_det", "coco_det", "coco_instseg")}
 #: Metrics drawn in the figures (the tables show every metric). linear: best val top-1 over the epochs, the
 #: official main_lincls.py's ``best_acc1``. A results file may name its own (``derived.headline``): finegrained
 #: follows the metric of its data set (mean per class or top-1, as ssl-transfer).
@@ -45,6 +46,8 @@ HEADLINE = {"knn": "top1", "linear": "top1_best", "finegrained": "mean_per_class
             "coco_det": "bbox_AP", "coco_instseg": "segm_AP"}
 #: Metrics that are not scores (no difference is taken).
 NOT_SCORES = frozenset({"best_epoch", "wd"})
+#: Metric name prefixes that are not scores either (a confidence half-width, a spread).
+NOT_SCORE_PREFIXES = ("ci95_", "std_")
 MISSING = "—"
 
 
@@ -188,7 +191,7 @@ def delta(df: pd.DataFrame, baseline: str = "supervised") -> pd.DataFrame | None
     mean = pivot(df, "mean")
     if baseline not in mean.index:
         return None
-    mean = mean[[c for c in mean.columns if c[1] not in NOT_SCORES]]
+    mean = mean[[c for c in mean.columns if c[1] not in NOT_SCORES and not str(c[1]).startswith(NOT_SCORE_PREFIXES)]]
     return mean.drop(index=baseline) - mean.loc[baseline]
 
 
