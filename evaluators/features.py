@@ -33,10 +33,17 @@ PRECISIONS = ("fp32", "bf16")
 STORAGE = {"float32": torch.float32, "float16": torch.float16}
 
 
-def resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Globally pooled features of a torchvision ResNet, bypassing its ``fc`` head. Shape: (N, D)."""
+def resnet_features(net: nn.Module, x: torch.Tensor, pool: str = "global") -> torch.Tensor:
+    """Pooled res5 features of a torchvision ResNet, bypassing its ``fc`` head: ``global`` average
+    (Shape: (N, D)), or ``res5_k6s1``, average pooling with kernel 6 and stride 1 flattened (the VOC07 SVM
+    features of Goyal et al. 2019: (N, D * 2 * 2) for a 7x7 res5 map)."""
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    if pool == "res5_k6s1":
+        if min(x.shape[-2:]) < 6:
+            raise ValueError(f"res5 map {tuple(x.shape[-2:])} is smaller than the 6x6 pooling window: use images of "
+                             "at least 161 px, or the global pool")
+        return torch.flatten(F.avg_pool2d(x, 6, 1), 1)
     return torch.flatten(net.avgpool(x), 1)
 
 
@@ -49,7 +56,7 @@ def autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def extract_features(
     net: nn.Module, loader, device: torch.device, channels_last: bool = False, normalize: bool = True,
-    head: nn.Module | None = None, precision: str = "fp32",
+    head: nn.Module | None = None, precision: str = "fp32", pool: str = "global",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features (L2-normalised unless ``normalize=False``) and labels of every sample of
     ``loader``, with ``net`` in eval mode, in this process; with ``head``, its output on the pooled
@@ -61,7 +68,7 @@ def extract_features(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for images, y in loader:
         with autocast(device, precision):
-            f = resnet_features(net, images.to(device, memory_format=fmt))
+            f = resnet_features(net, images.to(device, memory_format=fmt), pool)
             if head is not None:
                 f = head(f)
         f = f.float()
@@ -99,7 +106,7 @@ class FeatureKey:
 
     checkpoint: str  # the file's sha256, or random:<arch>:<seed>
     normalize: str  # the input normalisation the backbone is fed (mocobench.layouts.NORMALIZATIONS)
-    features: str  # backbone (pooled) or head (projection output)
+    features: str  # backbone (global pool), res5_k6s1 (VOC07 SVM pool) or head (projection output)
     transform: str  # repr of the evaluation transform
     images: str  # dataset_identity of the split
     precision: str  # fp32 or bf16 extraction
@@ -196,7 +203,9 @@ def frozen_features(
                     cache.entry(key))
     t0 = time.perf_counter()
     loader = DataLoader(Subset(dataset, list(mine)), batch_size=batch_size, num_workers=workers)
-    feats, labels = extract_features(net, loader, device, normalize=False, head=head, precision=key.precision)
+    pool = "res5_k6s1" if key.features == "res5_k6s1" else "global"
+    feats, labels = extract_features(net, loader, device, normalize=False, head=head, precision=key.precision,
+                                     pool=pool)
     if cache is not None:
         feats = feats.to(STORAGE[cache.dtype]).float()  # what a hit will read back
         cache.write_rows(key, mine, feats, labels)

@@ -23,6 +23,7 @@ EVALUATOR_MODULES = (
     "mocobench.evaluators.linear",
     "mocobench.evaluators.finegrained",
     "mocobench.evaluators.fewshot",
+    "mocobench.evaluators.voc07_svm",
     "mocobench.evaluators.detection",
 )
 
