@@ -127,7 +127,7 @@ class FeatureCache:
         self.root, self.dtype = Path(root), dtype
 
     def entry(self, key: FeatureKey) -> Path:
-        return self.root / key.digest()
+        return self.root / f"{key.digest()}_{self.dtype}"
 
     def meta(self, key: FeatureKey) -> dict | None:
         """The entry's metadata when it is complete and was written for exactly ``key`` and this dtype."""
@@ -148,12 +148,20 @@ class FeatureCache:
             lo, hi = max(start, rows.start), min(stop, rows.stop)
             if lo >= hi:
                 continue
-            part = torch.load(self.entry(key) / name, map_location="cpu", weights_only=True, mmap=True)
-            feats.append(part["features"][lo - start : hi - start].float())
-            labels.append(part["labels"][lo - start : hi - start].clone())
+            try:
+                part = torch.load(self.entry(key) / name, map_location="cpu", weights_only=True, mmap=True)
+                feats.append(part["features"][lo - start : hi - start].float())
+                labels.append(part["labels"][lo - start : hi - start].clone())
+            except Exception as e:  # noqa: BLE001 - a damaged entry is a miss, never an error
+                logger.warning("feature cache %s: %s cannot be read (%s); extracting again", self.entry(key), name, e)
+                return None
         if not feats:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
         return torch.cat(feats), torch.cat(labels)
+
+    def invalidate(self, key: FeatureKey) -> None:
+        """Remove an entry's ``meta.json`` before its rows are written again (a crash then leaves a miss)."""
+        (self.entry(key) / "meta.json").unlink(missing_ok=True)
 
     def write_rows(self, key: FeatureKey, rows: range, feats: torch.Tensor, labels: torch.Tensor) -> None:
         entry = self.entry(key)
@@ -162,16 +170,25 @@ class FeatureCache:
                     entry / f"rows_{rows.start:010d}_{rows.stop:010d}.pt")
 
     def finish(self, key: FeatureKey, blocks: list[range]) -> None:
+        """Write ``meta.json`` once every block's file is there (else the entry stays a miss)."""
         files = [[r.start, r.stop, f"rows_{r.start:010d}_{r.stop:010d}.pt"] for r in blocks if len(r)]
+        missing = [f for _, _, f in files if not (self.entry(key) / f).is_file()]
+        if missing:
+            raise RuntimeError(f"feature cache {self.entry(key)}: row files {missing} were not written")
         meta = {"key": asdict(key), "rows": blocks[-1].stop if blocks else 0, "dtype": self.dtype, "files": files}
         atomic_write_text(self.entry(key) / "meta.json", json.dumps(meta, indent=1) + "\n")
 
 
 def feature_key(ctx, features: str, transform, dataset: Dataset, precision: str) -> FeatureKey:
     """The cache key of ``dataset`` under ``transform`` (the transform, or a string that names it fully) for
-    the backbone of task context ``ctx``."""
+    the backbone of task context ``ctx``: the file's sha256 and which network was read from it (layout,
+    container, prefix, part, stem, architecture), or the seed of a random initialisation."""
     info = ctx.info
-    checkpoint = info.sha256 if info.sha256 else f"random:{info.arch}:{info.stem}:seed{ctx.seed}"
+    if info.sha256:
+        checkpoint = (f"{info.sha256}:{info.format}:{info.container}:{info.prefix}:{info.part}:{info.stem}:"
+                      f"{info.arch}")
+    else:
+        checkpoint = f"random:{info.arch}:{info.stem}:seed{ctx.seed}"
     described = transform if isinstance(transform, str) else " ".join(repr(transform).split())
     return FeatureKey(checkpoint, info.normalize, features, described, dataset_identity(dataset), precision)
 
@@ -196,11 +213,15 @@ def frozen_features(
     wanted = range(n) if gather else mine
     if cache is not None:
         hit = cache.read(key, wanted)
-        if hit is not None:
+        # every process takes the same branch: a hit only when all of them read their rows
+        if dist.all_reduce_min(int(hit is not None), device):
             logger.info("%s: feature cache hit (%d rows, %s)", name, len(wanted), cache.entry(key))
             return hit[0].to(device), hit[1].to(device)
         logger.info("%s: feature cache miss, extracting %d rows on %d process(es) into %s", name, n, world,
                     cache.entry(key))
+        if dist.is_main():
+            cache.invalidate(key)
+        dist.barrier()
     t0 = time.perf_counter()
     loader = DataLoader(Subset(dataset, list(mine)), batch_size=batch_size, num_workers=workers)
     pool = "res5_k6s1" if key.features == "res5_k6s1" else "global"

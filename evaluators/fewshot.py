@@ -33,7 +33,14 @@ import torch
 from torchvision import transforms as T
 
 from mocobench import dist
-from mocobench.datasets import ImageDataset, OnBadImage, list_images, on_bad_image_option
+from mocobench.datasets import (
+    DataError,
+    ImageDataset,
+    ImageList,
+    OnBadImage,
+    list_images,
+    on_bad_image_option,
+)
 from mocobench.evaluators.features import feature_key, frozen_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import option
@@ -60,12 +67,31 @@ def episode_accuracy(support: torch.Tensor, query: torch.Tensor) -> float:
     return 100.0 * (dist2.argmin(dim=1) == truth).double().mean().item()
 
 
+SPLITS = ("train", "valid", "val", "test")
+
+
+def _images(root: Path, split: str, on_bad_image: str) -> ImageList:
+    """The split folder ``split``, or for ``all`` every split folder under ``root`` concatenated (``root``
+    itself when it has none)."""
+    if split != "all":
+        return list_images(root / split, labelled=True, on_bad_image=on_bad_image)
+    parts = [list_images(root / s, labelled=True, on_bad_image=on_bad_image) for s in SPLITS if (root / s).is_dir()]
+    if not parts:
+        return list_images(root, labelled=True, on_bad_image=on_bad_image)
+    if any(p.classes != parts[0].classes for p in parts):
+        raise DataError(f"the class folders of the splits under {root} differ")
+    return ImageList(root, sum((p.paths for p in parts), ()), sum((p.labels for p in parts), ()), parts[0].classes)
+
+
 def run_episodes(feats: torch.Tensor, labels: torch.Tensor, ways: int, shots: int, queries: int, episodes: int,
                  seed: int) -> tuple[float, float, list[float]]:
     """(mean accuracy, 95% confidence half-width, per-episode accuracies) over ``episodes`` episodes drawn
     from the classes with at least ``shots + queries`` images."""
     by_class = [torch.nonzero(labels == c).flatten() for c in labels.unique().tolist()]
     eligible = [idx for idx in by_class if len(idx) >= shots + queries]
+    if len(eligible) < len(by_class):
+        logger.warning("fewshot %d-shot: %d of %d classes have fewer than %d images and are left out of the episodes",
+                       shots, len(by_class) - len(eligible), len(by_class), shots + queries)
     if len(eligible) < ways:
         raise TaskError(f"{ways}-way {shots}-shot with {queries} queries needs {ways} classes with at least "
                         f"{shots + queries} images; the split has {len(eligible)}")
@@ -85,7 +111,8 @@ class FewshotConfig:
     """Few-shot protocol settings; defaults are ssl-transfer's (see the module docstring)."""
 
     data: str = option("", "A folder of class folders, or a root holding --split.")
-    split: str = option("test", "Split under --data whose classes the episodes draw from ('' = --data itself).")
+    split: str = option("all", "Images the episodes draw from: all (the split folders under --data together, as "
+                        "ssl-transfer concatenates them; or --data itself when it holds the class folders), or a split.")
     ways: int = option(5, "Classes per episode (ssl-transfer few_shot.py: 5).")
     shots: tuple[int, ...] = option((5, 20, 50), "Support images per class; one result per value (CD-FSL: 5, 20, 50).")
     queries: int = option(15, "Query images per class and episode (ssl-transfer: 15).")
@@ -104,8 +131,7 @@ def run_fewshot(cfg: FewshotConfig, ctx: TaskContext) -> dict[str, float]:
     """``acc_<K>shot`` and ``ci95_<K>shot`` for each K of ``shots`` (headline: the first)."""
     if cfg.ways < 2 or cfg.queries < 1 or cfg.episodes < 1 or not cfg.shots or min(cfg.shots) < 1:
         raise TaskError("fewshot needs ways >= 2, queries >= 1, episodes >= 1 and shots >= 1")
-    root = Path(cfg.data) / cfg.split if cfg.split else Path(cfg.data)
-    images = list_images(root, labelled=True, on_bad_image=cfg.on_bad_image)
+    images = _images(Path(cfg.data), cfg.split, cfg.on_bad_image)
     device = dist.select_device(cfg.device)
     tf = fewshot_transform(cfg.image_size)
     ds = ImageDataset(images, tf)
@@ -113,14 +139,17 @@ def run_fewshot(cfg: FewshotConfig, ctx: TaskContext) -> dict[str, float]:
     feats, labels = frozen_features(ctx.backbone.to(device), ds, feature_key(ctx, "backbone", tf, ds, cfg.amp),
                                     device, cfg.batch_size, cfg.workers, ctx.feature_cache, name="fewshot")
     feats, labels = feats.double().cpu(), labels.cpu()
-    metrics, curves = {}, {}
+    metrics, curves, eligible = {}, {}, {}
     for i, shots in enumerate(cfg.shots):
         mean, ci, acc = run_episodes(feats, labels, cfg.ways, shots, cfg.queries, cfg.episodes, ctx.seed + i)
+        counts = torch.bincount(labels)
+        eligible[f"{shots}shot"] = int((counts >= shots + cfg.queries).sum())
         metrics[f"acc_{shots}shot"], metrics[f"ci95_{shots}shot"] = mean, ci
         curves[f"{shots}shot"] = [round(a, 4) for a in acc]
         logger.info("fewshot %d-way %d-shot (%d queries, %d episodes): %.2f +- %.2f", cfg.ways, shots, cfg.queries,
                     cfg.episodes, mean, ci)
     ctx.derived.update(headline=f"acc_{cfg.shots[0]}shot", transform=" ".join(repr(tf).split()),
                        num_images=len(images), num_classes=len(images.classes), episode_accuracies=curves,
+                       classes_with_enough_images=eligible,
                        time_s=round(time.perf_counter() - t0, 2))
     return metrics

@@ -238,9 +238,7 @@ def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float
                                name=f"finegrained {k}")
         feats[k] = (f.cpu().double().numpy(), y.cpu().numpy())
     t_feat = time.perf_counter() - t0
-    ctx.derived["processes"] = dist.get_world_size()
-    if not dist.is_main():  # the fit is cheap next to the extraction, and only rank 0 writes the results
-        return {}
+    ctx.derived["processes"] = dist.get_world_size()  # every process fits the same (deterministic) model
     wds = np.logspace(cfg.wd_min, cfg.wd_max, cfg.grid_size)
     res = select_and_fit(feats["train"], feats["val"], feats["test"], wds, metric, cfg.max_iter, cfg.warm_start)
     ctx.derived.update(

@@ -49,6 +49,9 @@ def knn_topk(
     Shape: queries (M, D), bank (N, D) (both L2-normalised), bank_labels (N,) -> (M, min(k, N)) twice.
     """
     k = min(k, bank.shape[0])
+    if k == 0:  # an empty block of a sharded bank: no candidates
+        m = queries.shape[0]
+        return queries.new_empty(m, 0), torch.empty(m, 0, dtype=torch.long, device=queries.device)
     sims, labels = [], []
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size]

@@ -72,7 +72,7 @@ def voc_labels(voc: Path, image_set: str) -> tuple[ImageList, np.ndarray]:
     ids_file = voc / "ImageSets" / "Main" / f"{image_set}.txt"
     if not ids_file.is_file():
         raise DataError(f"{ids_file} does not exist (expected a VOC devkit year folder, e.g. VOCdevkit/VOC2007)")
-    ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    ids = sorted(line.strip() for line in ids_file.read_text().splitlines() if line.strip())  # FAIR sorts by id
     labels = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.int64)
     paths = []
     for i, image_id in enumerate(ids):
@@ -122,6 +122,21 @@ def ap_11_point(scores: np.ndarray, targets: np.ndarray) -> float:
     recall, precision = tp / max(pos.sum(), 1), tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
                           for t in np.arange(0.0, 1.1, 0.1)]))
+
+
+def train_targets(labels: np.ndarray) -> np.ndarray:
+    """SVM targets of a class column: present 1 -> 1; absent 0 and difficult -1 -> -1 (FAIR counts difficult
+    images as negatives in training, train_svm_kfold.py L77-81)."""
+    return np.where(labels == 1, 1, -1)
+
+
+def low_shot_rows(labels: np.ndarray, k: int, seed) -> np.ndarray:
+    """One class's low-shot training rows: ``k`` positives and ``19 k`` negatives (absent, never difficult)
+    drawn without replacement (FAIR create_voc_low_shot_samples.py L30-63), from a generator seeded by
+    ``seed`` (per class and sample, so the draw does not depend on the other classes)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.where(labels == 1)[0], np.where(labels == 0)[0]
+    return np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, 19 * k, replace=False)])
 
 
 def _svm(cost: float, max_iter: int, seed: int):
@@ -200,12 +215,14 @@ def _mine(items: list) -> list:
     return items[dist.get_rank() :: dist.get_world_size()]
 
 
-def _gather(values: dict[int, float], n: int) -> np.ndarray:
-    """Per-class values computed on the ranks that own them -> the full (n,) vector on every rank."""
+def _gather(values: dict[int, float], n: int, device: torch.device) -> np.ndarray:
+    """Per-class values computed on the ranks that own them -> the full (n,) vector on every rank (on
+    ``device`` for the collective: NCCL reduces CUDA tensors only)."""
     t, owned = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     for c, v in values.items():
         t[c], owned[c] = v, 1.0
-    return (dist.all_reduce_sum(t) / dist.all_reduce_sum(owned).clamp(min=1)).numpy()
+    t, owned = dist.all_reduce_sum(t.to(device)), dist.all_reduce_sum(owned.to(device))
+    return (t / owned.clamp(min=1)).cpu().numpy()
 
 
 @register("voc07_svm", Voc07SvmConfig, "VOC07 classification: per-class linear SVMs on frozen features (mAP)",
@@ -232,11 +249,12 @@ def run_voc07_svm(cfg: Voc07SvmConfig, ctx: TaskContext) -> dict[str, float]:
                        len(skipped), ", ".join(skipped))
     aps, chosen = {}, {}
     for c in _mine(usable):
-        y = np.where(train_labels[:, c] == 1, 1, -1)  # difficult counts as negative in training (FAIR)
+        y = train_targets(train_labels[:, c])
         model, cost, _ = train_class(x_train, y, cfg.costs, cfg.cv_folds, cfg.max_iter, ctx.seed)
         aps[c], chosen[c] = 100.0 * class_ap(model, x_test, test_labels[:, c], ap_fn), cost
         logger.info("voc07_svm %s: C %.3g, test AP %.2f", VOC_CLASSES[c], cost, aps[c])
-    ap_vec, cost_vec = _gather(aps, len(VOC_CLASSES)), _gather(chosen, len(VOC_CLASSES))
+    device = dist.select_device(cfg.device)
+    ap_vec, cost_vec = _gather(aps, len(VOC_CLASSES), device), _gather(chosen, len(VOC_CLASSES), device)
     metrics = {"mAP": float(np.mean(ap_vec[usable]))}
     ctx.derived.update(headline="mAP", ap_per_class={VOC_CLASSES[c]: float(ap_vec[c]) for c in usable},
                        cost_per_class={VOC_CLASSES[c]: float(cost_vec[c]) for c in usable}, classes_left_out=skipped,
@@ -251,21 +269,24 @@ def run_voc07_svm(cfg: Voc07SvmConfig, ctx: TaskContext) -> dict[str, float]:
 def _low_shot(cfg, ctx, x_train, train_labels, x_test, test_labels, usable, ap_fn) -> dict[str, float]:
     """mean/min/max/std of the test mAP over the samples, per k, at the cost with the best mean."""
     out, costs_chosen = {}, {}
+    device = dist.select_device(cfg.device)
+    for k in cfg.low_shot_k:  # checked on every process before any work, so all stop together
+        for c in usable:
+            pos, neg = (train_labels[:, c] == 1).sum(), (train_labels[:, c] == 0).sum()
+            if pos < k or neg < 19 * k:
+                raise TaskError(f"low shot k={k}: class {VOC_CLASSES[c]} has {pos} positives and {neg} negatives "
+                                f"in {cfg.train_set} ({k} and {19 * k} needed); lower low_shot_k")
     for k in cfg.low_shot_k:
         maps = np.zeros((cfg.low_shot_samples, len(cfg.costs)))
         for s in range(cfg.low_shot_samples):
-            rng = np.random.default_rng([ctx.seed, k, s])
             aps: dict[int, list[float]] = {}
             for c in _mine(usable):
-                pos, neg = np.where(train_labels[:, c] == 1)[0], np.where(train_labels[:, c] == 0)[0]
-                if len(pos) < k or len(neg) < 19 * k:
-                    raise TaskError(f"low shot k={k}: class {VOC_CLASSES[c]} has {len(pos)} positives and {len(neg)} "
-                                    f"negatives in {cfg.train_set} ({k} and {19 * k} needed)")
-                rows = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, 19 * k, replace=False)])
-                y = np.where(train_labels[rows, c] == 1, 1, -1)
+                rows = low_shot_rows(train_labels[:, c], k, [ctx.seed, k, s, c])
+                y = train_targets(train_labels[rows, c])
                 aps[c] = [ap_fn(_fit(_svm(cost, cfg.max_iter, ctx.seed), x_train[rows], y).decision_function(
                     x_test[test_labels[:, c] != -1]), test_labels[test_labels[:, c] != -1, c]) for cost in cfg.costs]
-            per_cost = [_gather({c: v[j] for c, v in aps.items()}, len(VOC_CLASSES)) for j in range(len(cfg.costs))]
+            per_cost = [_gather({c: v[j] for c, v in aps.items()}, len(VOC_CLASSES), device)
+                        for j in range(len(cfg.costs))]
             maps[s] = [100.0 * float(np.mean(v[usable])) for v in per_cost]
         best = int(np.argmax(maps.mean(axis=0)))  # chosen on the test mAP, as the reference does
         col = maps[:, best]

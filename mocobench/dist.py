@@ -38,7 +38,7 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init_from_env(use_cuda: bool) -> bool:
+def init_from_env(use_cuda: bool, timeout_minutes: int = 30) -> bool:
     """Join the process group described by torchrun's environment; return True if distributed.
 
     Does nothing (returns False) when WORLD_SIZE is unset or 1, so a plain ``python`` run is a
@@ -51,7 +51,7 @@ def init_from_env(use_cuda: bool) -> bool:
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     logger.info("joined process group: backend=%s rank=%d world=%d", backend, get_rank(), get_world_size())
     return True
 
@@ -114,6 +114,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.clone()
     dist.all_reduce(out)
     return out
+
+
+def all_reduce_min(value: int, device: torch.device) -> int:
+    """The smallest of an integer over ranks (every rank gets it); itself on one process."""
+    if not is_dist():
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

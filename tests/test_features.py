@@ -213,3 +213,47 @@ def test_suite_under_torchrun_and_one_cache_per_checkpoint(synth, tmp_path):
         two = json.loads((tmp_path / "two" / "random" / task / "results.json").read_text())["metrics"]
         assert all(abs(one[k] - two[k]) <= 1e-5 for k in one), task
     assert (tmp_path / "two" / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_voc07_svm_and_fewshot_equal_one_process(shared_data, tmp_path):
+    """voc07_svm splits the classes across the processes, fewshot shards the features: same numbers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    svm = ["transfer", "random", "--arch", "resnet18", "--task", "voc07_svm", "--data", shared_data / "voc-from-coco",
+           "--set", "image_size=64", "--set", "pool=global", "--set", "workers=0", "--set", "costs=0.1,1.0"]
+    few = ["transfer", "random", "--arch", "resnet18", "--task", "fewshot", "--data", shared_data / "cifar10-sub",
+           "--set", "image_size=32", "--set", "workers=0", "--set", "shots=1,5", "--set", "episodes=50"]
+    for name, args in (("svm", svm), ("few", few)):
+        _cli([*args, "--out", tmp_path / f"{name}1"], env)
+        _cli([*args, "--out", tmp_path / f"{name}2"], env, nproc=2)
+        one = json.loads((tmp_path / f"{name}1" / "results.json").read_text())
+        two = json.loads((tmp_path / f"{name}2" / "results.json").read_text())
+        for k, v in one["metrics"].items():
+            assert abs(two["metrics"][k] - v) <= 1e-6, (name, k)
+    d1 = json.loads((tmp_path / "svm1" / "results.json").read_text())["config"]["derived"]
+    d2 = json.loads((tmp_path / "svm2" / "results.json").read_text())["config"]["derived"]
+    assert d1["cost_per_class"] == d2["cost_per_class"]
+
+
+def test_the_key_names_the_network_read_from_the_file(synth):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from mocobench.checkpoint import BackboneInfo
+    from mocobench.evaluators.features import feature_key
+
+    ds = ImageDataset(list_images(synth / "val", labelled=True), eval_transform(32))
+    info = BackboneInfo("dino.pth", "dino", "resnet50", "dino", 100, "0123456789ab", part="teacher",
+                        prefix="backbone.", container="teacher")
+    keys = {feature_key(SimpleNamespace(info=i, seed=0), "backbone", ds.transform, ds, "fp32").digest()
+            for i in (info, dataclasses.replace(info, part="student", container="student"),
+                      dataclasses.replace(info, stem="small"), dataclasses.replace(info, normalize="none"),
+                      dataclasses.replace(info, sha256="0123456789ac"))}
+    assert len(keys) == 5
+
+
+def test_an_empty_bank_block_has_no_candidates():
+    from mocobench.evaluators.knn import knn_topk
+
+    sim, lab = knn_topk(torch.randn(3, 4), torch.empty(0, 4), torch.empty(0, dtype=torch.long), k=5)
+    assert sim.shape == (3, 0) and lab.shape == (3, 0)

@@ -81,3 +81,25 @@ def test_fair_pool_is_res5_averaged_with_kernel_6_stride_1():
     torch.testing.assert_close(got, ref.flatten(1), atol=1e-6, rtol=1e-5)  # channel-major, as flatten of (C, 2, 2)
     with pytest.raises(ValueError, match="smaller than the 6x6 pooling window"):
         resnet_features(net, torch.randn(1, 3, 64, 64), "res5_k6s1")
+
+
+def test_training_targets_and_low_shot_rows():
+    from mocobench.evaluators.voc07_svm import low_shot_rows, train_targets
+
+    labels = np.array([1, 0, -1, 1, 0, 0] * 20)
+    np.testing.assert_array_equal(train_targets(np.array([1, 0, -1])), [1, -1, -1])  # difficult: a negative
+    rows = low_shot_rows(labels, 2, [0, 2, 0, 5])
+    assert len(rows) == 2 + 38 and len(set(rows.tolist())) == 40
+    assert (labels[rows[:2]] == 1).all() and (labels[rows[2:]] == 0).all()  # never a difficult image
+    np.testing.assert_array_equal(rows, low_shot_rows(labels, 2, [0, 2, 0, 5]))
+    assert not np.array_equal(rows, low_shot_rows(labels, 2, [0, 2, 1, 5]))
+
+
+def test_the_first_best_cost_is_kept():
+    from mocobench.evaluators.voc07_svm import train_class
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(3, 0.1, (12, 4)), rng.normal(-3, 0.1, (12, 4))])
+    y = np.array([1] * 12 + [-1] * 12)
+    _, cost, cv = train_class(x, y, (0.01, 1.0, 100.0), 3, 2000, 0)
+    assert cv == [1.0, 1.0, 1.0] and cost == 0.01  # separable: every cost ties, the first is chosen

@@ -66,7 +66,8 @@ def run_transfer(
             raise TaskError(f"task {task_name} does not run under torchrun (tasks that do: "
                             f"{', '.join(n for n, t in tasks().items() if t.distributed)}); detection launches its "
                             "own processes with --num-gpus")
-        dist.init_from_env(use_cuda=torch.cuda.is_available() and getattr(cfg, "device", "auto") != "cpu")
+        # a long timeout: a process may wait while another fits its share of SVMs or a logistic regression
+        dist.init_from_env(torch.cuda.is_available() and getattr(cfg, "device", "auto") != "cpu", timeout_minutes=600)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(dist.get_rank(), out / "log.txt")
     backbone, info = load_backbone(checkpoint, arch=arch, seed=seed, options=load)
