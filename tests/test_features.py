@@ -220,7 +220,8 @@ def test_torchrun_voc07_svm_and_fewshot_equal_one_process(shared_data, tmp_path)
     """voc07_svm splits the classes across the processes, fewshot shards the features: same numbers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     svm = ["transfer", "random", "--arch", "resnet18", "--task", "voc07_svm", "--data", shared_data / "voc-from-coco",
-           "--set", "image_size=64", "--set", "pool=global", "--set", "workers=0", "--set", "costs=0.1,1.0"]
+           "--set", "image_size=64", "--set", "pool=global", "--set", "workers=0", "--set", "costs=0.1,1.0",
+           "--set", "low_shot=true", "--set", "low_shot_k=1,2", "--set", "low_shot_samples=2"]
     few = ["transfer", "random", "--arch", "resnet18", "--task", "fewshot", "--data", shared_data / "cifar10-sub",
            "--set", "image_size=32", "--set", "workers=0", "--set", "shots=1,5", "--set", "episodes=50"]
     for name, args in (("svm", svm), ("few", few)):
