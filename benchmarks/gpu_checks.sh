@@ -3,7 +3,7 @@
 # Data travels in .gpudata/ (cifar10-sub and 150 images per class of imagenette-sub/train), the peer's
 # wheel in .whl/ (lightly 1.6.0; the machine's image has its dependencies). Results land in
 # benchmarks/results/*_gpu.* and are copied to $OUT.
-#   usage: bash benchmarks/gpu_checks.sh smoke|step|cost|amp ...
+#   usage: bash benchmarks/gpu_checks.sh smoke|step|cost|features|amp ...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
@@ -33,6 +33,15 @@ for part in "$@"; do
     ;;
   cost)
     python3 benchmarks/mechanism_cost.py --device cuda --arch resnet50 --size 224 --batches 32,256 --steps 5 --name mechanism_cost_gpu 2>&1 | tail -13
+    ;;
+  features)  # the frozen-feature path on CUDA: NCCL knn/linear (1 process; torchrun), bf16 extraction, rates
+    ck=/tmp/s-ddp/checkpoint_last.pth  # from `smoke`
+    for amp in fp32 bf16; do
+      /usr/bin/time -f "knn $amp %e s" mocobench transfer --task knn $ck --out /tmp/f-knn-$amp --overwrite \
+        --set data=$D/cifar10-sub --set device=cuda --set workers=12 --set amp=$amp 2>&1 | grep -E "img|images/s|top1|knn " | tail -4
+    done
+    torchrun --nproc_per_node 1 -m mocobench.cli transfer --task linear $ck --out /tmp/f-lin --overwrite \
+      --set data=$D/cifar10-sub --set device=cuda --set workers=12 --set epochs=2 2>&1 | grep -E "linear|images/s" | tail -4
     ;;
   amp)
     python3 benchmarks/amp_accuracy.py --data $D --runs /tmp/amp --device cuda --seeds 0,1 --workers 6 --name amp_accuracy_gpu 2>&1 | grep -v "it/s" | tail -8

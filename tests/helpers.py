@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from click.testing import CliRunner
 
 from mocobench.cli import main
@@ -21,3 +23,10 @@ def run_cli(args: list[str], expect_ok: bool = True):
     else:
         assert result.exit_code != 0, result.output
     return result
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (torchrun's --master_port, a process group's init address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,7 +9,6 @@ the module-level run agrees to 1e-9 (measured: 2e-13); the float32 CLI run to 1e
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torchvision
-from helpers import TINY
+from helpers import TINY, free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -31,11 +30,6 @@ from mocobench.pretrain.split_bn import split_bn_resnet
 pytestmark = pytest.mark.slow
 STEPS, LOCAL_B, WORLD = 3, 4, 2
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches():
@@ -72,7 +66,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_gloo_processes_keep_equal_queues_and_match_split_bn(tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     assert int(r0["queue_ptr"]) == STEPS * WORLD * LOCAL_B % 48
     assert torch.equal(r0["queue"], r1["queue"]), "queues differ across ranks"
@@ -95,7 +89,7 @@ def test_torchrun_cli_equals_one_process_with_split_bn(synth, tmp_path):
     common = common[:i] + common[i + 2 :]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          "-m", "mocobench.cli", *common, "--out", str(tmp_path / "ddp"), "--bn-splits", "1"],
         capture_output=True, text=True, env=env, timeout=300,
     )
@@ -147,7 +141,7 @@ def _e2e_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_end_to_end_negatives_across_two_processes_give_the_one_process_gradient(tmp_path):
-    mp.start_processes(_e2e_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_e2e_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     for method in E2E_METHODS:  # the paper's end-to-end and SimCLR's NT-Xent
         r0 = torch.load(tmp_path / f"{method}0.pt")
         module = _e2e(method)

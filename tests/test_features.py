@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,17 +14,12 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision
+from helpers import free_port
 
 from mocobench.datasets import ImageDataset, list_images
 from mocobench.evaluators.features import FeatureCache, FeatureKey, dataset_identity, frozen_features, shard
 from mocobench.evaluators.knn import knn_scores, sharded_knn_scores
 from mocobench.pretrain.augment import eval_transform
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bank():
@@ -47,7 +41,7 @@ def _sharded_worker(rank: int, world: int, port: int, k: int, out: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [10, 60])  # 60 > a shard's 51 rows: the padded merge
 def test_sharded_knn_gives_the_one_process_neighbours(tmp_path, k):
-    mp.spawn(_sharded_worker, args=(2, _free_port(), k, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(2, free_port(), k, str(tmp_path)), nprocs=2, join=True)
     bank, labels, queries = _bank()
     ref = knn_scores(queries, bank, labels, 5, k, 0.07, chunk_size=8)
     for rank in range(2):
@@ -123,7 +117,7 @@ def test_torchrun_knn_equals_one_process_and_the_cache_serves_either(synth, tmp_
             "--set", "workers=0", "--set", "k=5", "--set", "batch_size=8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(_free_port()), "-m", "mocobench.cli", *args, "--out", str(tmp_path / "two"),
+                          str(free_port()), "-m", "mocobench.cli", *args, "--out", str(tmp_path / "two"),
                           "--feature-cache", str(tmp_path / "cache2")], capture_output=True, text=True, env=env,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -145,7 +139,7 @@ def test_torchrun_knn_equals_one_process_and_the_cache_serves_either(synth, tmp_
 
 def _cli(args, env, nproc=1):
     launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(_free_port()), "-m", "mocobench.cli"] if nproc > 1 else [sys.executable, "-m", "mocobench.cli"])
+               str(free_port()), "-m", "mocobench.cli"] if nproc > 1 else [sys.executable, "-m", "mocobench.cli"])
     r = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
