@@ -140,9 +140,9 @@ def run_fewshot(cfg: FewshotConfig, ctx: TaskContext) -> dict[str, float]:
                                     device, cfg.batch_size, cfg.workers, ctx.feature_cache, name="fewshot")
     feats, labels = feats.double().cpu(), labels.cpu()
     metrics, curves, eligible = {}, {}, {}
+    counts = torch.bincount(labels)
     for i, shots in enumerate(cfg.shots):
         mean, ci, acc = run_episodes(feats, labels, cfg.ways, shots, cfg.queries, cfg.episodes, ctx.seed + i)
-        counts = torch.bincount(labels)
         eligible[f"{shots}shot"] = int((counts >= shots + cfg.queries).sum())
         metrics[f"acc_{shots}shot"], metrics[f"ci95_{shots}shot"] = mean, ci
         curves[f"{shots}shot"] = [round(a, 4) for a in acc]

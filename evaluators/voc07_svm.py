@@ -36,6 +36,7 @@ import logging
 import time
 import warnings
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -146,24 +147,29 @@ def _svm(cost: float, max_iter: int, seed: int):
                      tol=1e-4, dual=True, max_iter=max_iter, random_state=seed)
 
 
-def _fit(clf, x, y):
+@contextmanager
+def _quiet_convergence():
+    """LinearSVC's ConvergenceWarning silenced: max_iter 2000 is the reference's budget, not printed per fit."""
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings():  # max_iter 2000 is the reference's; counted, not printed per fit
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def _fit(clf, x, y):
+    with _quiet_convergence():
         return clf.fit(x, y)
 
 
 def train_class(x: np.ndarray, y: np.ndarray, costs: tuple[float, ...], folds: int, max_iter: int, seed: int):
     """Cost chosen by the mean ``folds``-fold CV AP (first best), refit on all rows. ``y`` in {1, -1}.
     Returns (model, chosen cost, CV AP per cost)."""
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import cross_val_score
 
     cv = []
     for cost in costs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with _quiet_convergence():
             cv.append(float(cross_val_score(_svm(cost, max_iter, seed), x, y, cv=folds,
                                             scoring="average_precision").mean()))
     best = int(np.argmax(cv))  # the first best, as FAIR test_svm.py L36-63

@@ -194,9 +194,9 @@ def resolve(name: str, options: LoadOptions) -> tuple[ZooEntry, Path, LoadOption
     if options.prefix is not None or options.format not in (None, entry.layout):
         raise ZooError(f"zoo:{name} is read as layout {entry.layout}; drop --format/--prefix")
     path = entry_path(entry, zoo_root())
-    if not path.exists():
+    if not path.exists():  # a file in place was verified when it was fetched: not hashed again on every load
         logger.info("zoo:%s is not in %s; fetching %s", name, zoo_root(), entry.url)
-    path, _ = fetch_entry(entry, zoo_root())
+        path, _ = fetch_entry(entry, zoo_root())
     return entry, path, replace(options, format=entry.layout, part=options.part or entry.part)
 
 
