@@ -24,6 +24,7 @@ EVALUATOR_MODULES = (
     "mocobench.evaluators.finegrained",
     "mocobench.evaluators.fewshot",
     "mocobench.evaluators.voc07_svm",
+    "mocobench.evaluators.segmentation",
     "mocobench.evaluators.detection",
 )
 

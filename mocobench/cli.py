@@ -110,6 +110,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     from mocobench.checkpoint import CheckpointError
     from mocobench.datasets import DataError
     from mocobench.evaluators.registry import TaskError
+    from mocobench.pretrain.engine import TrainingInterrupted
     from mocobench.transfer.run import run_transfer
 
     shortcuts = {"data": data, "preset": preset, "num_procs": num_gpus, "num_machines": num_machines,
@@ -120,7 +121,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     try:
         run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load, feature_cache,
                      "float16" if feature_cache_fp16 else "float32")
-    except (TaskError, DataError, CheckpointError) as e:
+    except (TaskError, DataError, CheckpointError, TrainingInterrupted) as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -271,8 +272,9 @@ def data() -> None:
 
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--what", type=click.Choice(["all", "classification", "detection"]), default="all", show_default=True,
-              help="classification: OUT/classification/{train,val}; detection: OUT/coco and OUT/voc.")
+@click.option("--what", type=click.Choice(["all", "classification", "detection", "segmentation"]), default="all",
+              show_default=True, help="classification: OUT/classification/{train,val}; detection: OUT/coco and OUT/voc; "
+              "segmentation: OUT/segmentation (images/, labels/, classes.txt, train.txt, val.txt).")
 @click.option("--classes", default=10, show_default=True, help="Number of classes (at most 10).")
 @click.option("--train-per-class", default=60, show_default=True)
 @click.option("--val-per-class", default=20, show_default=True)
@@ -280,15 +282,17 @@ def data() -> None:
 @click.option("--size", default=64, show_default=True, help="Image side in pixels (classification).")
 @click.option("--det-train", default=120, show_default=True, help="Detection training images.")
 @click.option("--det-val", default=40, show_default=True, help="Detection validation images.")
+@click.option("--seg-train", default=120, show_default=True, help="Segmentation training images.")
+@click.option("--seg-val", default=40, show_default=True, help="Segmentation validation images.")
 @click.option("--seed", default=0, show_default=True)
 def data_synth(out: str, what: str, classes: int, train_per_class: int, val_per_class: int, test_per_class: int,
-               size: int, det_train: int, det_val: int, seed: int) -> None:
+               size: int, det_train: int, det_val: int, seg_train: int, seg_val: int, seed: int) -> None:
     """Write the deterministic synthetic data sets under OUT (no download needed)."""
     from pathlib import Path
 
     from mocobench.log import setup_logging
     from mocobench.synth import SynthSpec, write_synthetic_classification
-    from mocobench.synth_det import SynthDetSpec, write_synthetic_detection
+    from mocobench.synth_det import SynthDetSpec, write_synthetic_detection, write_synthetic_segmentation
 
     setup_logging()
     try:
@@ -297,6 +301,8 @@ def data_synth(out: str, what: str, classes: int, train_per_class: int, val_per_
             write_synthetic_classification(Path(out) / "classification", spec)
         if what in ("all", "detection"):
             write_synthetic_detection(out, SynthDetSpec(det_train, det_val, seed=seed))
+        if what in ("all", "segmentation"):
+            write_synthetic_segmentation(Path(out) / "segmentation", SynthDetSpec(seg_train, seg_val, seed=seed))
     except ValueError as e:
         raise click.ClickException(str(e)) from e
 
@@ -307,7 +313,10 @@ def data_synth(out: str, what: str, classes: int, train_per_class: int, val_per_
 @click.option("--mirror", default=None, help="Base URL that serves the same files (URL/<file name>).")
 @click.option("--delete-archives", is_flag=True, help="Delete each archive once extracted.")
 def data_fetch(name: str, root: str, mirror: str | None, delete_archives: bool) -> None:
-    """Download public data set NAME (imagenette, imagenette-320, voc2007, voc2012, coco2017, flowers102).
+    """Download public data set NAME (imagenette, imagenette-320, voc2007, voc2012, coco2017, flowers102, sbd).
+
+    sbd (VOC 2012 train_aug for voc_seg) needs voc2012 in the same --root first. Cityscapes needs a login:
+    download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com yourself.
 
     Resumes partial downloads (run the same command again), verifies the published MD5 of every file,
     and extracts the archives into the layouts the tasks read.

@@ -154,3 +154,75 @@ def select_device(name: str = "auto") -> torch.device:
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda")
     return torch.device("cpu")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the output's gradient (every rank's loss depends on
+    the sum), as detectron2's ``differentiable_all_reduce``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlooSyncBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm2d normalising with the statistics of the global batch over every process, on any device
+    (``nn.SyncBatchNorm`` takes GPU tensors only): the sum, then the squared deviations from the global
+    mean, are summed over ranks with a differentiable all-reduce (:class:`_AllReduceSum`), so
+    gradients flow to every rank's inputs as in one process over the whole batch. Running statistics are
+    updated as BatchNorm2d does (unbiased variance). One process, or eval mode: BatchNorm2d.
+    Shape: (N, C, H, W) -> same; N may differ between ranks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not is_dist() or get_world_size() == 1:
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        c = x.shape[1]
+        shape = (1, c, 1, 1)
+        count = all_reduce_sum(torch.tensor([x.numel() // c], dtype=torch.float64, device=x.device)).item()
+        mean = all_reduce(x.sum((0, 2, 3))) / count  # two passes: as exact as BatchNorm2d's own reduction
+        centred = x - mean.view(shape)
+        var = all_reduce(centred.pow(2).sum((0, 2, 3))) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                unbiased = var.detach() * (count / max(count - 1.0, 1.0))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm2d of ``module`` synchronised over the process group: ``nn.SyncBatchNorm`` on CUDA
+    (NCCL), :class:`GlooSyncBatchNorm` elsewhere. Parameters and buffers keep their names and values, so
+    checkpoints load into either. Returns the converted module (itself on one process)."""
+    if get_world_size() == 1:
+        return module
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+    def convert(m: torch.nn.Module) -> torch.nn.Module:
+        if type(m) is torch.nn.BatchNorm2d:
+            like = next(iter(m.parameters()), None) if m.affine else m.running_mean
+            new = GlooSyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                    device=None if like is None else like.device, dtype=None if like is None else like.dtype)
+            new.load_state_dict(m.state_dict())
+            new.train(m.training)
+            return new
+        for name, child in m.named_children():
+            setattr(m, name, convert(child))
+        return m
+
+    return convert(module)

@@ -5,7 +5,8 @@ after an interruption), checked against its published MD5 (the values torchvisio
 site publish), renamed into place, then extracted. A finished file is not downloaded again; an
 extracted archive leaves a ``.<file>.extracted`` marker. The layouts produced are the ones the tasks
 read: ``imagenette2/{train,val}``, ``VOCdevkit/VOC2007`` (+ ``VOC2012``), ``coco/{train2017, val2017,
-annotations}``, ``flowers-102/`` (``--set dataset=flowers102`` of the finegrained task).
+annotations}``, ``flowers-102/`` (``--set dataset=flowers102`` of the finegrained task), and for ``sbd``
+``VOCdevkit/VOC2012/SegmentationClassAug`` with ``ImageSets/Segmentation/train_aug.txt`` (``voc_seg``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Resource:
 _VOC = "https://thor.robots.ox.ac.uk/pascal/VOC"
 _COCO = "http://images.cocodataset.org"
 _FLOWERS = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102"
+_SBD = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz"
 #: The catalogue (URLs and MD5s as in torchvision.datasets and on cocodataset.org).
 DATASETS: dict[str, tuple[Resource, ...]] = {
     "imagenette": (Resource("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz", "fe2fc210e6bb7c5664d602c3cd71e612"),),
@@ -59,7 +61,12 @@ DATASETS: dict[str, tuple[Resource, ...]] = {
     "flowers102": (Resource(f"{_FLOWERS}/102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", "flowers-102"),
                    Resource(f"{_FLOWERS}/imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", "flowers-102", False),
                    Resource(f"{_FLOWERS}/setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", "flowers-102", False)),
+    # the Semantic Boundaries Dataset (Hariharan et al. 2011), URL and MD5 as torchvision's SBDataset; extracted to
+    # sbd/benchmark_RELEASE, then converted into VOC2012's train_aug (needs voc2012 fetched into the same root)
+    "sbd": (Resource(_SBD, "82b4d87ceb2ed10f6038a1cba92111cb", "sbd"),),
 }
+#: Work done after a data set's files are in place: ``name -> function(root)``.
+AFTER = {"sbd": "convert_sbd"}
 
 
 def digest(path: Path, algorithm: str = "md5") -> str:
@@ -149,7 +156,26 @@ def fetch(name: str, root: str | Path, mirror: str | None = None, keep_archives:
     (``<mirror>/<file name>``). Returns ``root``."""
     if name not in DATASETS:
         raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    return fetch_resources(DATASETS[name], root, mirror, keep_archives)
+    if name in AFTER:  # check what the conversion needs before downloading anything
+        _ready_for(name, Path(root))
+    fetch_resources(DATASETS[name], root, mirror, keep_archives)
+    if name in AFTER:
+        from mocobench import segdata
+        from mocobench.datasets import DataError
+
+        try:
+            getattr(segdata, AFTER[name])(root)
+        except DataError as e:
+            raise FetchError(str(e)) from e
+    return Path(root)
+
+
+def _ready_for(name: str, root: Path) -> None:
+    from mocobench.segdata import voc_root
+
+    if name == "sbd" and voc_root(root, must=False) is None:
+        raise FetchError(f"sbd is converted into VOC 2012's train_aug, but {root} holds no VOCdevkit/VOC2012: run "
+                         f"`mocobench data fetch voc2012 --root {root}` first")
 
 
 def fetch_resources(resources: tuple[Resource, ...], root: str | Path, mirror: str | None = None,

@@ -166,7 +166,8 @@ def run_suite(
                                 load=_for_zoo(load) if source.startswith("zoo:") else load,
                                 feature_cache=out / label / "feature_cache", cache_dtype=cache_dtype)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
-            if world > 1:  # ... except under torchrun: the other processes would wait for this one forever
+            # ... except under torchrun (the other processes would wait for this one forever) and on SIGTERM
+            if world > 1 or type(e).__name__ == "TrainingInterrupted":
                 raise
             error = e
         setup_logging(rank, out / "suite.log")

@@ -143,3 +143,30 @@ def write_synthetic_detection(out: str | Path, spec: SynthDetSpec = SynthDetSpec
     logger.info("wrote %d train + %d val detection images of %d px to %s (COCO) and %s (VOC)",
                 spec.train, spec.val, spec.size, coco, out / "voc")
     return out
+
+
+def write_synthetic_segmentation(out: str | Path, spec: SynthDetSpec = SynthDetSpec()) -> Path:
+    """Write the same kind of scenes as a semantic segmentation set in the plain-folder layout
+    (:mod:`mocobench.segdata`): ``out/images/<id>.png``, ``out/labels/<id>.png`` (0 background, 1 + the shape's
+    index; the label map is the polygon the image was painted with), ``classes.txt``, ``train.txt``, ``val.txt``.
+    Seeds differ from the detection set's. Returns ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; choose an empty or new folder")
+    for d in (out / "images", out / "labels"):
+        d.mkdir(parents=True, exist_ok=True)
+    for split, n, split_id in (("train", spec.train, 0), ("val", spec.val, 1)):
+        ids = []
+        for i in range(n):
+            img, objects = render_scene(spec.size, spec.max_objects, np.random.default_rng([spec.seed, 200 + split_id, i]))
+            label = Image.new("L", (spec.size, spec.size), 0)
+            for o in objects:
+                ImageDraw.Draw(label).polygon(o["polygon"], fill=1 + o["category"])
+            name = f"{split}{i:05d}"
+            img.save(out / "images" / f"{name}.png")  # lossless: the label's edges are the image's
+            label.save(out / "labels" / f"{name}.png")
+            ids.append(name)
+        atomic_write_text(out / f"{split}.txt", "\n".join(ids) + "\n")
+    atomic_write_text(out / "classes.txt", "\n".join(("background", *CATEGORIES)) + "\n")
+    logger.info("wrote %d train + %d val segmentation images of %d px to %s", spec.train, spec.val, spec.size, out)
+    return out

@@ -55,7 +55,8 @@ def test_task_and_checkpoint_errors(synth, tmp_path):
     assert "needs an architecture" in r.output
     r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "lin", "--data", synth, "--out", tmp_path / "b"],
                 expect_ok=False)
-    assert "valid tasks: coco_det, coco_instseg, fewshot, finegrained, knn, linear, voc07_svm, voc_det" in r.output
+    assert ("valid tasks: cityscapes_seg, coco_det, coco_instseg, fewshot, finegrained, knn, linear, voc07_svm, "
+            "voc_det, voc_seg") in r.output
     r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "knn", "--out", tmp_path / "c"], expect_ok=False)
     assert "needs data" in r.output
     r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "knn", "--data", synth / "train",

@@ -56,6 +56,9 @@ def run_transfer(
         overrides = tuple(o for o in overrides if o not in upper)
         cfg = dataclasses.replace(cfg, opts=(*cfg.opts, *(x for o in upper for x in o.split("=", 1))))
     cfg = apply_overrides(cfg, overrides)
+    presets = getattr(type(cfg), "PRESETS", {})
+    if getattr(cfg, "preset", "") in presets:  # the preset's values first, then the explicit --set pairs over them
+        cfg = apply_overrides(dataclasses.replace(task.config_cls(), **presets[cfg.preset]), overrides)
     if hasattr(cfg, "data") and not cfg.data:
         raise TaskError(f"task {task_name} needs data: pass --data ROOT (or --set data=ROOT)")
     out = Path(out)
