@@ -16,7 +16,7 @@ DEMO_DATA := $(DEMO_DIR)/data
 DEMO_COMMON := --arch resnet18 --image-size 64 --batch-size 64 --epochs 15 --workers 1 --resume auto \
 	--knn-train $(DEMO_DATA)/classification/train --knn-val $(DEMO_DATA)/classification/val --knn-every 5
 demo: setup
-	test -f $(DEMO_DATA)/voc/labels.txt || (rm -rf $(DEMO_DATA) && $(VENV)/bin/mocobench data synth $(DEMO_DATA))
+	test -f $(DEMO_DATA)/segmentation/classes.txt || (rm -rf $(DEMO_DATA) && $(VENV)/bin/mocobench data synth $(DEMO_DATA))
 	$(VENV)/bin/mocobench pretrain --data $(DEMO_DATA)/classification/train --out $(DEMO_DIR)/moco_v2 \
 	    --method moco_v2 --queue-size 512 --moco-m 0.99 $(DEMO_COMMON)
 	$(VENV)/bin/mocobench pretrain --data $(DEMO_DATA)/classification/train --out $(DEMO_DIR)/supervised \

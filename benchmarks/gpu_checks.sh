@@ -3,7 +3,7 @@
 # Data travels in .gpudata/ (cifar10-sub and 150 images per class of imagenette-sub/train), the peer's
 # wheel in .whl/ (lightly 1.6.0; the machine's image has its dependencies). Results land in
 # benchmarks/results/*_gpu.* and are copied to $OUT.
-#   usage: bash benchmarks/gpu_checks.sh smoke|step|cost|features|amp ...
+#   usage: bash benchmarks/gpu_checks.sh smoke|step|cost|features|seg|amp ...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
@@ -42,6 +42,16 @@ for part in "$@"; do
     done
     torchrun --nproc_per_node 1 -m mocobench.cli transfer --task linear $ck --out /tmp/f-lin --overwrite \
       --set data=$D/cifar10-sub --set device=cuda --set workers=12 --set epochs=2 2>&1 | grep -E "linear|images/s" | tail -4
+    ;;
+  seg)  # the paper's VOC setting (ResNet-50, crop 513, batch 16, stride 16): s/iteration in fp32 and bf16 (x1000 =
+        # the time per 1k iterations; compute-bound: the crop size fixes the work), and the sharded eval under torchrun
+    mocobench data synth /tmp/synth --what segmentation > /dev/null 2>&1
+    for amp in fp32 bf16; do
+      mocobench transfer --task voc_seg random --arch resnet50 --data /tmp/synth/segmentation --out /tmp/seg-$amp \
+        --set device=cuda --set iterations=60 --set workers=8 --set log_every=20 --set amp=$amp 2>&1 | grep -E "it 60/|mIoU" | tail -2
+    done
+    torchrun --nproc_per_node 1 -m mocobench.cli transfer --task voc_seg random --arch resnet50 \
+      --data /tmp/synth/segmentation --out /tmp/seg-ddp --set device=cuda --set iterations=20 --set workers=8 2>&1 | grep -E "it 20/|mIoU" | tail -2
     ;;
   amp)
     python3 benchmarks/amp_accuracy.py --data $D --runs /tmp/amp --device cuda --seeds 0,1 --workers 6 --name amp_accuracy_gpu 2>&1 | grep -v "it/s" | tail -8

@@ -38,12 +38,12 @@ QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil"}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
 ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
 FAMILIES = {"classification": ("knn", "linear", "finegrained", "fewshot", "voc07_svm"),
-            "detection": ("voc_det", "coco_det", "coco_instseg")}
+            "detection": ("voc_det", "coco_det", "coco_instseg"), "segmentation": ("voc_seg", "cityscapes_seg")}
 #: Metrics drawn in the figures (the tables show every metric). linear: best val top-1 over the epochs, the
 #: official main_lincls.py's ``best_acc1``. A results file may name its own (``derived.headline``): finegrained
 #: follows the metric of its data set (mean per class or top-1, as ssl-transfer).
 HEADLINE = {"knn": "top1", "linear": "top1_best", "finegrained": "mean_per_class", "voc_det": "bbox_AP50",
-            "coco_det": "bbox_AP", "coco_instseg": "segm_AP"}
+            "coco_det": "bbox_AP", "coco_instseg": "segm_AP", "voc_seg": "mIoU", "cityscapes_seg": "mIoU"}
 #: Metrics that are not scores (no difference is taken).
 NOT_SCORES = frozenset({"best_epoch", "wd"})
 #: Metric name prefixes that are not scores either (a confidence half-width, a spread).

@@ -22,11 +22,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task of a suite: its data folder (relative to ``--data-root`` unless absolute) and ``--set`` pairs."""
+    """One task of a suite: its data folder (relative to ``--data-root`` unless absolute) and ``--set`` pairs;
+    ``optional``: skipped, not failed, when the data folder does not exist (a data set that needs a login)."""
 
     task: str
     data: str
     overrides: tuple[str, ...] = ()
+    optional: bool = False
 
 
 _SMALL_DET = ("preset=cpu-smoke", "head=FPN")  # ResNet-18/34 have no C4 res5 head of the MoCo config
@@ -40,6 +42,7 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
         TaskSpec("finegrained", "flowers102-sub", ("image_size=64", "metric=mean_per_class")),  # Flowers' metric
         TaskSpec("coco_det", "coco-mini", _SMALL_DET),
         TaskSpec("voc_det", "voc-from-coco", (*_SMALL_DET, "train_sets=07")),  # the set has VOC2007 only
+        TaskSpec("voc_seg", "coco-mini", ("preset=cpu-smoke",)),  # coco-mini's masks drawn as VOC classes
     ),
     "demo": (
         TaskSpec("knn", "classification", ("image_size=64",)),
@@ -47,6 +50,9 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
         TaskSpec("finegrained", "classification", ("image_size=64", "grid_size=12")),
         TaskSpec("coco_det", "coco", (*_SMALL_DET, "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
         TaskSpec("voc_det", "voc", (*_SMALL_DET, "train_sets=07", "SOLVER.MAX_ITER=100", "SOLVER.STEPS=(70,90)")),
+        # 160 px scenes: the paper's scale range around the original size, crops of 128
+        TaskSpec("voc_seg", "segmentation", ("preset=cpu-smoke", "scale_range=0.5,2.0", "test_scale=1",
+                                             "iterations=100")),
     ),
     "paper": (  # data as `mocobench data fetch ... --root DATA_ROOT` leaves it (ImageNet: your own copy)
         TaskSpec("linear", "imagenet"),
@@ -55,6 +61,8 @@ PRESETS: dict[str, tuple[TaskSpec, ...]] = {
         TaskSpec("voc_det", "VOCdevkit", ("repeats=5",)),  # the papers: mean of 5 runs
         TaskSpec("coco_det", "coco"),
         TaskSpec("coco_instseg", "coco"),
+        TaskSpec("voc_seg", "VOCdevkit"),  # train_aug: `mocobench data fetch sbd` after voc2012
+        TaskSpec("cityscapes_seg", "cityscapes", optional=True),  # manual download (login)
     ),
 }
 
@@ -156,6 +164,10 @@ def run_suite(
             done.append(results)
             continue
         data = Path(spec.data) if Path(spec.data).is_absolute() else Path(data_root) / spec.data
+        if spec.optional and not data.exists():
+            logger.info("[%d/%d] %s on %s: skipped, %s does not exist (optional in this preset)", i, total, spec.task,
+                        label, data)
+            continue
         sets = (f"data={data}", *spec.overrides, *extra[spec.task])
         if spec.task.endswith(("_det", "_instseg")):
             sets += ("resume=true",)  # continue an interrupted detectron2 run (fresh when there is none)

@@ -77,13 +77,20 @@ def _voc(value: float, source: str) -> Published:
     return Published("voc_det", "bbox_AP50", value, source)
 
 
-def _moco(version: str, epochs: int, md5: str, linear: float, ap50: float, linear_note: str = "") -> ZooEntry:
+#: MoCo v1 IN-1M semantic segmentation, He et al. 2020 (arXiv 1911.05722) Table 6, mean of 5 trials (the table is
+#: an image in the paper's transcriptions; the figures agree with its text and with ../shared/docs/protocols.md).
+_MOCO_V1_SEG = (Published("voc_seg", "mIoU", 72.5, "He et al. 2020 Table 6, MoCo IN-1M (mean of 5 trials)"),
+                Published("cityscapes_seg", "mIoU", 75.3, "He et al. 2020 Table 6, MoCo IN-1M (mean of 5 trials)"))
+
+
+def _moco(version: str, epochs: int, md5: str, linear: float, ap50: float, linear_note: str = "",
+          extra: tuple[Published, ...] = ()) -> ZooEntry:
     name = f"moco_{version}_{epochs}ep"
     return ZooEntry(
         name, f"{_FB}/moco/moco_checkpoints/{name}/{name}_pretrain.pth.tar", "moco_official", "resnet50",
         f"moco_{version}", epochs, _CC, f"md5:{md5}",
         (_linear(linear, f"{_MOCO} README, Models table (this file){linear_note}"),
-         _voc(ap50, f"{_MOCO} detection/README.md, Results (mean of 5 trials)")))
+         _voc(ap50, f"{_MOCO} detection/README.md, Results (mean of 5 trials)"), *extra))
 
 
 _SWAV = "facebookresearch/swav @ 06b1b7c README, Model Zoo (its eval_linear.py protocol)"
@@ -91,7 +98,7 @@ _V3 = "facebookresearch/moco-v3 @ c349e6e CONFIG.md, ResNet-50 models (its main_
 #: The catalogue. Numbers are the ones each repository publishes for the file itself; a linear number
 #: measured with a framework's own linear protocol says so in its source (mocobench runs MoCo's).
 CATALOGUE: tuple[ZooEntry, ...] = (
-    _moco("v1", 200, "b251726a", 60.6, 81.5),
+    _moco("v1", 200, "b251726a", 60.6, 81.5, extra=_MOCO_V1_SEG),
     _moco("v2", 200, "59fd9945", 67.7, 82.4, "; 67.5 is the mean of 5 linear runs, the paper's figure"),
     _moco("v2", 800, "a04e12f8", 71.1, 82.5),
     ZooEntry("torchvision_r50", "https://download.pytorch.org/models/resnet50-0676ba61.pth", "torchvision",

@@ -209,3 +209,22 @@ def test_recipes_table_shows_the_speed_settings_only_off_their_defaults():
     recipes = table.set_index("pretraining")["recipe"]
     assert recipes["a"] == "method=moco_v2, epochs=1"
     assert recipes["b"] == "method=moco_v2, epochs=1, amp=bf16, aug_backend=tensor"
+
+
+def test_segmentation_results_get_their_table_and_figure(tmp_path):
+    for label, miou in (("supervised", 40.0), ("random", 10.0)):
+        _results(tmp_path / "runs", label, "voc_seg", {"mIoU": miou, "pixel_acc": 80.0, "mean_acc": 20.0})
+    rep = write_report([tmp_path / "runs"], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "**voc_seg**" in md and (tmp_path / "report" / "fig_segmentation.png").exists()
+    assert rep.delta.loc["random", ("voc_seg", "mIoU")] == -30.0
+
+
+def test_an_optional_suite_task_without_its_data_is_skipped_not_failed(synth, tmp_path, monkeypatch):
+    from mocobench import suite
+
+    monkeypatch.setitem(suite.PRESETS, "t", (suite.TaskSpec("knn", str(synth), ("image_size=32", "workers=0")),
+                                             suite.TaskSpec("cityscapes_seg", "no-such-folder", optional=True)))
+    done = suite.run_suite(["random"], tmp_path / "s", preset="t", data_root=tmp_path, arch="resnet18")
+    assert [p.parent.name for p in done] == ["knn"]
+    assert "cityscapes_seg on random: skipped" in (tmp_path / "s" / "suite.log").read_text()
