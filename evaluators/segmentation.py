@@ -43,7 +43,15 @@ from mocobench.evaluators.features import autocast
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import option
 from mocobench.pretrain.schedule import lr_at_epoch
-from mocobench.segdata import IGNORE, TRAIN_SPLITS, SegEvalDataset, SegTrainDataset, detect_layout, load_split
+from mocobench.segdata import (
+    IGNORE,
+    TRAIN_SPLITS,
+    SegEvalDataset,
+    SegTrainDataset,
+    detect_layout,
+    keep_classes,
+    load_split,
+)
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "seg_last.pth"
@@ -74,6 +82,9 @@ class SegConfig:
     train_split: str = option("", "Training split; empty: the layout's standard (VOC train_aug, the paper's; "
                               "Cityscapes/COCO/folder train).")
     val_split: str = option("val", "Scored split (the paper: VOC val2012, Cityscapes val).")
+    keep_classes: tuple[str, ...] = option(
+        (), "Train and score only these classes (names, comma-separated); the others join the first class, the "
+        "background. Empty: every class (the paper).")
     iterations: int = option(30000, "Training iterations (paper: 30k on VOC train_aug; mmselfsup: max_iters 30000).")
     batch_size: int = option(16, "Global batch: images per iteration over all processes (paper: 16).")
     lr: float = option(0.003, "Base learning rate (paper: 0.003 on VOC, 0.01 on Cityscapes).")
@@ -250,6 +261,8 @@ def run_segmentation(task: str, cfg: SegConfig, ctx: TaskContext) -> dict[str, f
     val = load_split(cfg.data, layout, cfg.val_split)
     if train.classes != val.classes:
         raise TaskError(f"the train and val splits of {cfg.data} name different classes")
+    if cfg.keep_classes:
+        train, val = keep_classes(train, cfg.keep_classes), keep_classes(val, cfg.keep_classes)
     classes = train.classes
     torch.manual_seed(ctx.seed)  # the head's initialisation: the same on every process
     model = FCN(ctx.backbone, len(classes), cfg.head_channels, cfg.head_dilation, cfg.head_convs,

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 #: Config fields that do not change a number (resources, bookkeeping); left out of the protocol and the hash.
 BOOKKEEPING = frozenset({
     "workers", "device", "chunk_size", "num_procs", "num_machines", "machine_rank", "dist_url", "resume",
-    "eval_only", "stop_at", "warm_start", "derived", "on_bad_image",
+    "eval_only", "stop_at", "warm_start", "derived", "on_bad_image", "checkpoint_every", "log_every",
 })
 #: Recipe settings that do not apply to a method (left out of the pretrainings table).
 NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size"),

@@ -94,6 +94,32 @@ class SegSplit:
         return lab
 
 
+class _Remapped:
+    """A label reader followed by a lookup table (picklable, for loader workers)."""
+
+    def __init__(self, read: Callable[[object], np.ndarray], lut: np.ndarray) -> None:
+        self.read, self.lut = read, lut
+
+    def __call__(self, source: object) -> np.ndarray:
+        return self.lut[self.read(source)]
+
+
+def keep_classes(split: SegSplit, names: tuple[str, ...]) -> SegSplit:
+    """``split`` scored on the first class (the background) and ``names`` only: the other classes become the
+    background, in that order the kept ones are renumbered 1..len(names); 255 stays 255."""
+    unknown = [n for n in names if n not in split.classes[1:]]
+    if unknown:
+        raise DataError(f"keep_classes: {unknown} are not classes of {split.root} (its classes after the background "
+                        f"{split.classes[0]!r}: {', '.join(split.classes[1:])})")
+    lut = np.zeros(256, np.uint8)
+    lut[IGNORE] = IGNORE
+    lut[len(split.classes):IGNORE] = np.arange(len(split.classes), IGNORE)  # out-of-range values stay out of range
+    for new, name in enumerate(names, start=1):
+        lut[split.classes.index(name)] = new
+    return SegSplit(split.root, split.name, (split.classes[0], *names), split.images, split.labels,
+                    _Remapped(split.read, lut))
+
+
 def read_png_label(path: Path) -> np.ndarray:
     """A class-index PNG (palette or grayscale) as (H, W) uint8; the palette's colours are not used."""
     try:

@@ -35,6 +35,7 @@ from mocobench.segdata import (
     ViewParams,
     convert_sbd,
     draw_view,
+    keep_classes,
     load_split,
     make_view,
 )
@@ -337,6 +338,18 @@ def test_a_label_value_outside_the_classes_names_the_file_and_the_value(seg_data
     (bad / "labels" / f"{name}.png").unlink()
     with pytest.raises(DataError, match="missing"):
         load_split(bad, "auto", "val")
+
+
+def test_keep_classes_folds_the_other_classes_into_the_background(seg_data):
+    split = load_split(seg_data, "auto", "train")
+    sub = keep_classes(split, ("triangle", "circle"))
+    assert sub.classes == ("background", "triangle", "circle")
+    for i in range(4):
+        lab = split.label(i)
+        want = np.select([lab == 3, lab == 1, lab == IGNORE], [1, 2, IGNORE], 0)
+        assert np.array_equal(sub.label(i), want)
+    with pytest.raises(DataError, match=r"\['dog'\] are not classes"):
+        keep_classes(split, ("dog",))
 
 
 def test_synthetic_labels_are_the_painted_shapes(seg_data):
