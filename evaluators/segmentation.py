@@ -194,11 +194,11 @@ class FCN(nn.Module):
 # ---------------------------------------------------------------------------------------------- metrics
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) int64 counts, rows the true class, columns the predicted one; pixels labelled 255 are left out.
-    Shapes: pred and target (...), the same."""
+    """(C, C) int64 counts on the inputs' device, rows the true class, columns the predicted one; pixels labelled 255
+    are left out. Shapes: pred and target (...), the same."""
     keep = target != IGNORE
     idx = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes).cpu()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
 def seg_scores(conf: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -301,18 +301,33 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
     world, rank = dist.get_world_size(), dist.get_rank()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     state_path = ctx.out / STATE_FILE
-    start, losses = 0, []
-    if cfg.resume and state_path.exists():
+    start, losses, trained_s = 0, [], 0.0
+    backbone = {"source": ctx.info.source, "sha256": ctx.info.sha256, "arch": ctx.info.arch,
+                "normalize": ctx.info.normalize}
+    found = cfg.resume and state_path.exists()
+    if dist.all_reduce_min(int(found), device) != int(dist.any_rank(found, device)):
+        raise TaskError(f"{state_path} exists for some processes only: the output folder must be shared by every "
+                        "machine (or copied to each) for a run to resume")
+    if found:
         state = read_checkpoint(state_path)
         saved, now = state.get("config", {}), asdict(cfg)
         diff = sorted(k for k in now if k not in RESUMABLE and saved.get(k) != now[k])
-        if diff or state.get("seed") != ctx.seed:
-            raise TaskError(f"{state_path} was written with other settings ({', '.join(diff) or 'seed'}); remove it "
-                            "or use another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses = state["iteration"], state["losses"]
+        diff += ["seed"] if state.get("seed") != ctx.seed else []
+        diff += [f"backbone {k}" for k in backbone if state.get("backbone", {}).get(k) != backbone[k]]
+        if diff:
+            raise TaskError(f"{state_path} was written with other settings or another checkpoint ({', '.join(diff)}); "
+                            "remove it or use another --out")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TaskError(f"{state_path} does not fit this network: {e}") from e
+        start, losses, trained_s = state["iteration"], state["losses"], state.get("train_time_s", 0.0)
         logger.info("segmentation: resumed %s at iteration %d of %d", state_path, start, cfg.iterations)
+    if cfg.stop_at and cfg.stop_at <= start < cfg.iterations:
+        logger.info("segmentation: %s is at iteration %d, at or past stop_at=%d; run without stop_at to continue",
+                    state_path, start, cfg.stop_at)
+        return None
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -324,11 +339,12 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
     def save(it: int) -> None:
         if dist.is_main():
             atomic_save({"iteration": it, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "losses": losses, "config": asdict(cfg), "seed": ctx.seed}, state_path)
+                         "losses": losses, "config": asdict(cfg), "seed": ctx.seed, "backbone": backbone,
+                         "train_time_s": trained_s + time.perf_counter() - t0}, state_path)
         dist.barrier()
 
     model.train()
-    it, t0, t_window = start, time.perf_counter(), time.perf_counter()
+    it, t0 = start, time.perf_counter()
     with StopSignal() as stop:
         while it < cfg.iterations:
             epoch, step = divmod(it, sampler.steps_per_epoch)
@@ -368,9 +384,9 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
                     return None
                 if it >= cfg.iterations:
                     break
-    train_s = time.perf_counter() - t_window
-    return {"iterations_run": it - start, "train_time_s": round(train_s, 2),
-            "s_per_iteration": round(train_s / max(it - start, 1), 4), "final_loss": losses[-1] if losses else None}
+    train_s = trained_s + time.perf_counter() - t0  # over every session of the run (saved in the state)
+    return {"iterations_resumed_at": start, "train_time_s": round(train_s, 2),
+            "s_per_iteration": round(train_s / max(it, 1), 4), "final_loss": losses[-1] if losses else None}
 
 
 @torch.no_grad()
@@ -380,12 +396,12 @@ def evaluate(model: FCN, split, device: torch.device, cfg: SegConfig) -> dict:
     model.eval()
     indices = list(range(dist.get_rank(), len(split), dist.get_world_size()))
     loader = DataLoader(SegEvalDataset(split, indices, cfg.test_scale), batch_size=1, num_workers=cfg.workers)
-    conf = torch.zeros(len(split.classes), len(split.classes), dtype=torch.int64)
+    conf = torch.zeros(len(split.classes), len(split.classes), dtype=torch.int64, device=device)  # NCCL: on the GPU
     for image, label in loader:
         with autocast(device, cfg.amp):
             logits = model(image.to(device), size=tuple(label.shape[-2:]))
-        conf += confusion(logits.argmax(1).cpu(), label, len(split.classes))
-    return seg_scores(dist.all_reduce_sum(conf), split.classes)
+        conf += confusion(logits.argmax(1), label.to(device), len(split.classes))
+    return seg_scores(dist.all_reduce_sum(conf).cpu(), split.classes)
 
 
 register("voc_seg", SegConfig, "FCN semantic segmentation, VOC 2012 train_aug -> val (mIoU)", distributed=True)(

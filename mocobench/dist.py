@@ -185,6 +185,7 @@ class GlooSyncBatchNorm(torch.nn.BatchNorm2d):
         if not self.training or not is_dist() or get_world_size() == 1:
             return super().forward(x)
         all_reduce = _AllReduceSum.apply
+        dtype, x = x.dtype, x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32
         c = x.shape[1]
         shape = (1, c, 1, 1)
         count = all_reduce_sum(torch.tensor([x.numel() // c], dtype=torch.float64, device=x.device)).item()
@@ -201,7 +202,7 @@ class GlooSyncBatchNorm(torch.nn.BatchNorm2d):
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        return out.to(dtype)
 
 
 def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -158,10 +158,10 @@ def detect_layout(root: Path) -> str:
         return "folder"
     if (root / "leftImg8bit").is_dir():
         return "cityscapes"
-    if (root / "annotations").is_dir():
-        return "coco"
-    if voc_root(root, must=False) is not None:
+    if voc_root(root, must=False) is not None:  # before COCO: VOC's Annotations/ is annotations/ on some file systems
         return "voc"
+    if any((root / "annotations").glob("instances_*.json")):
+        return "coco"
     raise DataError(f"{root}: not a segmentation data folder (expected classes.txt + images/ + labels/, a "
                     "Cityscapes leftImg8bit/ + gtFine/, a COCO annotations/ folder, or VOCdevkit/VOC2012)")
 
@@ -181,8 +181,9 @@ def _voc(root: Path, split: str) -> SegSplit:
     voc = voc_root(root)
     lists = voc / "ImageSets" / "Segmentation"
     if split == "train_aug" and not (lists / "train_aug.txt").is_file():
+        fetch_root = voc.parent.parent if voc.parent.name == "VOCdevkit" else voc.parent
         raise DataError(f"{lists / 'train_aug.txt'} does not exist: the paper trains on VOC train_aug (10,582 images "
-                        f"with SBD's masks). Run `mocobench data fetch sbd --root {voc.parent.parent}` to build it, "
+                        f"with SBD's masks). Run `mocobench data fetch sbd --root {fetch_root}` to build it, "
                         "or pass --set train_split=train for VOC's 1,464 training images")
     ids = _read_list(lists / f"{split}.txt")
     labels = [voc / "SegmentationClass" / f"{i}.png" for i in ids]
@@ -218,12 +219,17 @@ class CocoAsVoc:
     def __init__(self, annotation_file: Path) -> None:
         import json
 
-        data = json.loads(annotation_file.read_text())
-        names = {c["id"]: COCO_TO_VOC.get(c["name"], c["name"]) for c in data["categories"]}
+        try:
+            data = json.loads(annotation_file.read_text())
+            names = {c["id"]: COCO_TO_VOC.get(c["name"], c["name"]) for c in data["categories"]}
+            images, annotations = data["images"], data["annotations"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{annotation_file} is not a COCO instances file ({type(e).__name__}: {e}; expected "
+                            "'images', 'annotations' and 'categories' with ids and names)") from e
         self.voc_id = {cid: VOC_SEG_CLASSES.index(n) for cid, n in names.items() if n in VOC_SEG_CLASSES}
-        self.images = {im["id"]: im for im in data["images"]}
+        self.images = {im["id"]: im for im in images}
         self.anns: dict[int, list[dict]] = {i: [] for i in self.images}
-        for a in data["annotations"]:
+        for a in annotations:
             if a["category_id"] in self.voc_id and a["image_id"] in self.anns:
                 self.anns[a["image_id"]].append(a)
 
@@ -260,6 +266,9 @@ def _coco(root: Path, split: str) -> SegSplit:
 
 
 def _folder(root: Path, split: str) -> SegSplit:
+    if not (root / "classes.txt").is_file():
+        raise DataError(f"{root / 'classes.txt'} does not exist (the folder layout: images/, labels/, classes.txt with "
+                        "one class name per line, {split}.txt)")
     classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
     if not 1 <= len(classes) <= IGNORE:
         raise DataError(f"{root / 'classes.txt'} names {len(classes)} classes; expected 1 to {IGNORE}")
