@@ -15,8 +15,37 @@ from mocobench.pretrain.config import PretrainConfig
 logger = logging.getLogger("mocobench")
 
 
+def versions() -> str:
+    """``mocobench X (torch Y, torchvision Z, detectron2 W)`` from the installed distributions' metadata (nothing
+    heavy is imported; a package that is not installed says so)."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
+
+    def get(name: str, *dists: str) -> str:
+        for dist in (name, *dists):
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                pass
+        if name == "detectron2" and importlib.util.find_spec(name) is not None:  # on sys.path without metadata
+            import detectron2
+
+            return detectron2.__version__
+        return "not installed"
+
+    others = ", ".join(f"{n} {get(n, *d)}" for n, *d in (("torch",), ("torchvision",), ("detectron2", "sal-detectron2")))
+    return f"mocobench {get('mocobench')} ({others})"
+
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(versions())
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="mocobench")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the versions of mocobench, torch, torchvision and detectron2, and exit.")
 def main() -> None:
     """MoCo v1/v2 pretraining and transfer benchmarks for ResNets."""
 

@@ -83,3 +83,22 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(synth, tmp_path):
     r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "fp16", *TINY, "--amp", "fp16",
                  "--device", "cpu"], expect_ok=False)
     assert "--amp fp16 needs CUDA" in r.output
+
+
+def test_python_m_mocobench_is_the_console_script_and_version_names_the_stack():
+    import subprocess
+    import sys
+
+    import torch
+
+    from mocobench.cli import versions
+
+    out = subprocess.run([sys.executable, "-m", "mocobench", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == versions()
+    assert out.stdout.startswith("mocobench 0.1.0 (") and f"torch {torch.__version__.split('+')[0]}" in out.stdout
+    assert "torchvision" in out.stdout and "detectron2" in out.stdout
+    tasks = subprocess.run([sys.executable, "-m", "mocobench", "tasks"], capture_output=True, text=True, timeout=120)
+    assert tasks.returncode == 0 and tasks.stdout == run_cli(["tasks"]).output
+    assert "Usage: mocobench" in subprocess.run([sys.executable, "-m", "mocobench", "--help"], capture_output=True,
+                                                text=True, timeout=120).stdout
