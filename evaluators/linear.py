@@ -56,6 +56,7 @@ from mocobench.datasets import (
 from mocobench.evaluators.features import autocast, feature_key, frozen_features, resnet_features
 from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.metrics import MetricsWriter
 from mocobench.options import option
 from mocobench.pretrain.augment import eval_transform, linear_train_transform
 from mocobench.pretrain.schedule import lr_at_epoch
@@ -87,10 +88,12 @@ class LinearConfig:
     device: str = option("auto", "auto, cpu or cuda.")
     resume: bool = option(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
     stop_at: int = option(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.")
+    tensorboard: bool = option(True, "Also write the per-epoch loss and val top-1 (<out>/metrics.jsonl) as TensorBoard "
+                               "events to <out>/tensorboard.")
 
 
 #: Settings that may differ between a faithful run and its resumption.
-RESUMABLE = ("workers", "device", "resume", "stop_at")
+RESUMABLE = ("workers", "device", "resume", "stop_at", "tensorboard")
 
 
 def milestones(cfg: LinearConfig) -> tuple[int, ...]:
@@ -219,6 +222,8 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"], state["history"]
         logger.info("linear: resumed %s at epoch %d", state_path, start)
+    board = MetricsWriter(ctx.out / "metrics.jsonl", enabled=dist.is_main(), tensorboard=cfg.tensorboard)
+    board.truncate_after(start)
 
     for epoch in tqdm(range(start, cfg.epochs), desc=f"linear ({cfg.mode})", initial=start, total=cfg.epochs,
                       mininterval=2.0):
@@ -228,6 +233,7 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
         if epoch == start:
             _assert_frozen(backbone, reference)
         history.append({"epoch": epoch + 1, "loss": loss, **evaluate(fc, val_feats, val_labels)})
+        board.write({"kind": "linear", "global_step": epoch + 1, **history[-1]})
         logger.info("linear epoch %d/%d: %s", epoch + 1, cfg.epochs, history[-1])
         if cfg.mode == "faithful":
             if dist.is_main():  # every process holds the same fc
@@ -237,6 +243,7 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
             if cfg.stop_at and epoch + 1 >= cfg.stop_at and epoch + 1 < cfg.epochs:
                 logger.info("linear: stopped after epoch %d (stop_at); run again to resume", epoch + 1)
                 return None
+    board.close()
     best = max(history, key=lambda h: h["top1"])
     final = history[-1]
     metrics = {"top1_best": best["top1"], "top1_final": final["top1"], "best_epoch": best["epoch"]}

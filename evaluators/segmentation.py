@@ -41,6 +41,7 @@ from mocobench.checkpoint import atomic_save, read_checkpoint
 from mocobench.datasets import EpochBatchSampler
 from mocobench.evaluators.features import autocast
 from mocobench.evaluators.registry import TaskContext, TaskError, register
+from mocobench.metrics import MetricsWriter
 from mocobench.options import option
 from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.segdata import (
@@ -56,7 +57,7 @@ from mocobench.segdata import (
 logger = logging.getLogger(__name__)
 STATE_FILE = "seg_last.pth"
 #: Fields that may change between a run and its resumption.
-RESUMABLE = ("workers", "device", "resume", "stop_at", "checkpoint_every", "log_every")
+RESUMABLE = ("workers", "device", "resume", "stop_at", "checkpoint_every", "log_every", "tensorboard")
 #: Known differences from the paper / mmselfsup setup, recorded with every result.
 DEVIATIONS = (
     "loss averaged over the labelled pixels of the global batch (mmsegmentation 0.x, as in SlotCon's configs, "
@@ -107,7 +108,8 @@ class SegConfig:
         "values apply over it.")
     amp: Literal["fp32", "bf16"] = option("fp32", "Training and inference precision: fp32 (paper) or bf16 autocast.")
     checkpoint_every: int = option(1000, "Save <out>/seg_last.pth every N iterations (and at the end).")
-    log_every: int = option(20, "Log the loss every N iterations.")
+    log_every: int = option(20, "Log the loss every N iterations (and write it to <out>/metrics.jsonl).")
+    tensorboard: bool = option(True, "Also write the loss and lr as TensorBoard events to <out>/tensorboard.")
     resume: bool = option(True, "Continue <out>/seg_last.pth when it exists.")
     stop_at: int = option(0, "Stop after this iteration without results (resume later); 0 = run to the end.")
     workers: int = option(4, "Data-loading workers per process.")
@@ -328,6 +330,8 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
         logger.info("segmentation: %s is at iteration %d, at or past stop_at=%d; run without stop_at to continue",
                     state_path, start, cfg.stop_at)
         return None
+    board = MetricsWriter(ctx.out / "metrics.jsonl", enabled=dist.is_main(), tensorboard=cfg.tensorboard)
+    board.truncate_after(start)
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -370,6 +374,9 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
                                     f"state is {state_path} — lower --set lr or use amp=fp32")
                 losses.append(round(value, 6))
                 if it % cfg.log_every == 0 or it == cfg.iterations:
+                    window = losses[-cfg.log_every:]
+                    board.write({"kind": "segmentation", "global_step": it, "loss": sum(window) / len(window),
+                                 "lr": lr})
                     rate = (it - start) / max(time.perf_counter() - t0, 1e-9)
                     logger.info("segmentation it %d/%d: loss %.4f lr %.2g, %.2f s/it, ETA %.0f min", it, cfg.iterations,
                                 sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), lr, 1 / rate,
@@ -384,6 +391,7 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
                     return None
                 if it >= cfg.iterations:
                     break
+    board.close()
     train_s = trained_s + time.perf_counter() - t0  # over every session of the run (saved in the state)
     return {"iterations_resumed_at": start, "train_time_s": round(train_s, 2),
             "s_per_iteration": round(train_s / max(it, 1), 4), "final_loss": losses[-1] if losses else None}

@@ -121,10 +121,12 @@ def load_options(fn):
 @click.option("--feature-cache", default=None, type=click.Path(file_okay=False),
               help="Frozen-feature cache folder (default: OUT/feature_cache); share it between runs of one checkpoint.")
 @click.option("--feature-cache-fp16", is_flag=True, help="Store cached features in float16 (half the disk).")
+@click.option("--tensorboard/--no-tensorboard", default=None,
+              help="linear, voc_seg, cityscapes_seg: TensorBoard events in OUT/tensorboard (default on).")
 @load_options
 def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite, preset, num_gpus,
              num_machines, machine_rank, dist_url, resume, eval_only, repeats, feature_cache, feature_cache_fp16,
-             load) -> None:
+             tensorboard, load) -> None:
     """Evaluate CHECKPOINT (a file, zoo:NAME, or 'random') on one transfer task; writes OUT/results.json.
 
     CHECKPOINT may be any layout of the README's table (mocobench, official MoCo, MoCo v3, solo-learn,
@@ -144,7 +146,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
 
     shortcuts = {"data": data, "preset": preset, "num_procs": num_gpus, "num_machines": num_machines,
                  "machine_rank": machine_rank, "dist_url": dist_url, "resume": resume, "eval_only": eval_only,
-                 "repeats": repeats}
+                 "repeats": repeats, "tensorboard": tensorboard}
     overrides = (*(f"{k}={v}" for k, v in shortcuts.items() if v is not None), *overrides)
     out = out or str(Path("runs") / "transfer" / task_name / Path(checkpoint).stem)
     try:

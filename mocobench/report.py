@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 BOOKKEEPING = frozenset({
     "workers", "device", "chunk_size", "num_procs", "num_machines", "machine_rank", "dist_url", "resume",
     "eval_only", "stop_at", "warm_start", "derived", "on_bad_image", "checkpoint_every", "log_every",
+    "tensorboard",
 })
 #: Recipe settings that do not apply to a method (left out of the pretrainings table).
 NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size"),

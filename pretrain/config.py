@@ -106,6 +106,7 @@ class PretrainConfig:
     compile: bool = option(False, "torch.compile the encoders (experimental: failed with torch 2.11 on CUDA; see README).")
     save_every: int = option(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).")
     log_every: int = option(10, "Write a step line to metrics.jsonl every N steps.")
+    tensorboard: bool = option(True, "Also write metrics.jsonl's numbers as TensorBoard events to <out>/tensorboard.")
     resume: str | None = option(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
     knn_train: str | None = option(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).")
     knn_val: str | None = option(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).")
@@ -203,6 +204,7 @@ class PretrainConfig:
 #: Fields that may differ between a run and its resumption: bookkeeping (a run folder may be moved), plus ``epochs`` (to extend a
 #: run) and ``lr`` (to continue past a non-finite loss with a lower rate). A change is logged.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "device", "compile", "data", "out",
+    {"epochs", "lr", "max_steps", "workers", "resume", "save_every", "log_every", "tensorboard", "device", "compile",
+     "data", "out",
      "on_bad_image", "detect_anomaly", "decode_cache_mib", "knn_every", "knn_train", "knn_val", "knn_k", "knn_t"}
 )

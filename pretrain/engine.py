@@ -449,7 +449,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     progress = Progress()
-    metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main())
+    metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main(), tensorboard=cfg.tensorboard)
 
     if payload is not None:
         progress = restore(payload, method, optimizer, scaler, shuffle_gen)
@@ -519,6 +519,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out,
                   periodic=progress.epoch % cfg.save_every == 0 or last_epoch)
     dist.barrier()
+    metrics.close()
     if stop.requested(device):
         name = signal.Signals(stop.received).name if stop.received is not None else "a signal on another rank"
         raise TrainingInterrupted(

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import yaml
-from helpers import TINY, run_cli
+from helpers import TINY, run_cli, tb_scalars
 
 from mocobench.checkpoint import read_checkpoint
 from mocobench.metrics import read_metrics
@@ -102,3 +102,16 @@ def test_python_m_mocobench_is_the_console_script_and_version_names_the_stack():
     assert tasks.returncode == 0 and tasks.stdout == run_cli(["tasks"]).output
     assert "Usage: mocobench" in subprocess.run([sys.executable, "-m", "mocobench", "--help"], capture_output=True,
                                                 text=True, timeout=120).stdout
+
+
+def test_pretraining_mirrors_metrics_jsonl_to_tensorboard_and_no_tensorboard_turns_it_off(synth, tmp_path):
+    opts = ["pretrain", "--data", synth / "train", "--epochs", "2", *TINY, "--image-size", "32"]
+    run_cli([*opts, "--out", tmp_path / "on", "--knn-train", synth / "train", "--knn-val", synth / "val"])
+    records = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    got = tb_scalars(tmp_path / "on" / "tensorboard")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [s for s, _ in got["step/loss"]] == [r["global_step"] for r in steps]
+    assert [v for _, v in got["step/loss"]] == pytest.approx([r["loss"] for r in steps], rel=1e-6)
+    assert {"step/lr", "step/acc1", "step/images_per_s", "epoch/knn_top1"} <= set(got)
+    run_cli([*opts, "--out", tmp_path / "off", "--no-tensorboard"])
+    assert (tmp_path / "off" / "metrics.jsonl").exists() and not (tmp_path / "off" / "tensorboard").exists()

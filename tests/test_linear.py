@@ -11,9 +11,10 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_cli
+from helpers import run_cli, tb_scalars
 
 from mocobench.evaluators.linear import LinearConfig, _assert_frozen, milestones, new_classifier, sgd_epoch
+from mocobench.metrics import read_metrics
 from mocobench.results import read_results
 
 
@@ -75,6 +76,11 @@ def test_faithful_mode_resumes_exactly(synth, tmp_path):
     full, cut = (read_results(tmp_path / d / "results.json") for d in ("full", "cut"))
     assert full["metrics"] == cut["metrics"]
     assert full["config"]["derived"]["history"] == cut["config"]["derived"]["history"]
+    # the per-epoch curve in metrics.jsonl and TensorBoard: once per epoch, the same after the resume
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert [s for s, _ in tb_scalars(tmp_path / "full" / "tensorboard")["linear/top1"]] == [1, 2, 3]
+    run_cli([*base, "--out", tmp_path / "quiet", "--set", "epochs=1", "--no-tensorboard"])
+    assert not (tmp_path / "quiet" / "tensorboard").exists()
     r = run_cli([*base, "--out", tmp_path / "cut", "--overwrite", "--set", "lr=2.0"], expect_ok=False)
     assert "written with other settings (lr)" in r.output
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import free_port, run_cli
+from helpers import free_port, run_cli, tb_scalars
 from PIL import Image
 from torch import nn
 
@@ -28,6 +28,7 @@ from mocobench import dist
 from mocobench.checkpoint import read_checkpoint
 from mocobench.datasets import DataError
 from mocobench.evaluators.segmentation import FCN, SegConfig, confusion, milestones, seg_scores, with_preset
+from mocobench.metrics import read_metrics
 from mocobench.segdata import (
     IGNORE,
     VOC_SEG_CLASSES,
@@ -416,6 +417,8 @@ def test_a_cpu_run_writes_miou_per_class_iou_and_what_it_left_out(seg_data, tmp_
     assert d["output_stride"] == 16 and d["milestones"] == [3, 4] and d["layout"] == "folder"
     assert d["deviations"] and d["iterations_resumed_at"] == 0 and d["s_per_iteration"] > 0
     assert res["metrics"]["mIoU"] == pytest.approx(np.mean([v for v in d["per_class_iou"].values() if v is not None]))
+    board = tb_scalars(tmp_path / "run" / "tensorboard")
+    assert [s for s, _ in board["segmentation/loss"]] == [1, 2, 3, 4] and "segmentation/lr" in board
 
 
 def test_preset_values_apply_under_explicit_settings(seg_data, tmp_path):
@@ -442,6 +445,8 @@ def test_stop_and_resume_equals_the_uninterrupted_run(seg_data, tmp_path):
     assert read_checkpoint(tmp_path / "cut" / "seg_last.pth")["iteration"] == 2
     run_cli(_transfer(seg_data, tmp_path / "cut"))
     _assert_same(tmp_path / "ref", tmp_path / "cut", atol=0)
+    # the records past the resumed iteration are dropped, not repeated: the same curve as the uninterrupted run
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "ref" / "metrics.jsonl")
 
 
 def _assert_same(a: Path, b: Path, atol: float, rtol: float = 0.0) -> None:
