@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from mocobench.options import dataclass_options
+from mocobench.options import config_file_pairs, dataclass_options, merge_config_file, read_config_file
 from mocobench.pretrain.config import PretrainConfig
 
 logger = logging.getLogger("mocobench")
@@ -51,8 +51,10 @@ def main() -> None:
 
 
 @main.command()
-@dataclass_options(PretrainConfig)
-def pretrain(**options) -> None:
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file of these options (a run's config.yaml re-runs it); options given here override it.")
+@dataclass_options(PretrainConfig, enforce_required=False)
+def pretrain(config_file, **options) -> None:
     """Pretrain MoCo v1/v2 (or the supervised baseline) on a folder of images (one process, or N under torchrun).
 
     \b
@@ -63,6 +65,7 @@ def pretrain(**options) -> None:
       mocobench pretrain --data imagenette/train --out runs/v2 --arch resnet18 \\
           --image-size 64 --batch-size 64 --queue-size 4096 --epochs 20
     Several processes:  torchrun --nproc_per_node 2 -m mocobench.cli pretrain ...
+    Again, from a run's saved config:  mocobench pretrain --config runs/v2/config.yaml --out runs/v2-again
     """
     from mocobench.checkpoint import CheckpointError
     from mocobench.datasets import DataError
@@ -71,7 +74,7 @@ def pretrain(**options) -> None:
     from mocobench.pretrain.engine import pretrain as run
 
     try:
-        run(PretrainConfig(**options))
+        run(PretrainConfig(**merge_config_file(config_file, PretrainConfig, options)))
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -123,10 +126,12 @@ def load_options(fn):
 @click.option("--feature-cache-fp16", is_flag=True, help="Store cached features in float16 (half the disk).")
 @click.option("--tensorboard/--no-tensorboard", default=None,
               help="linear, voc_seg, cityscapes_seg: TensorBoard events in OUT/tensorboard (default on).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file of the task's config keys (a results.json re-runs its task); --set and options win.")
 @load_options
 def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, seed, overwrite, preset, num_gpus,
              num_machines, machine_rank, dist_url, resume, eval_only, repeats, feature_cache, feature_cache_fp16,
-             tensorboard, load) -> None:
+             tensorboard, config_file, load) -> None:
     """Evaluate CHECKPOINT (a file, zoo:NAME, or 'random') on one transfer task; writes OUT/results.json.
 
     CHECKPOINT may be any layout of the README's table (mocobench, official MoCo, MoCo v3, solo-learn,
@@ -148,6 +153,13 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
                  "machine_rank": machine_rank, "dist_url": dist_url, "resume": resume, "eval_only": eval_only,
                  "repeats": repeats, "tensorboard": tensorboard}
     overrides = (*(f"{k}={v}" for k, v in shortcuts.items() if v is not None), *overrides)
+    if config_file:  # the file's values first: later pairs win
+        from mocobench.evaluators.registry import get_task
+
+        try:
+            overrides = (*config_file_pairs(config_file, get_task(task_name).config_cls), *overrides)
+        except TaskError as e:
+            raise click.ClickException(str(e)) from e
     out = out or str(Path("runs") / "transfer" / task_name / Path(checkpoint).stem)
     try:
         run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load, feature_cache,
@@ -214,9 +226,52 @@ def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir
         raise click.ClickException(str(error))
 
 
+#: Keys of a suite file (``suite --config``): the command's options, ``checkpoints`` as a list, ``set`` as a list.
+SUITE_KEYS = ("checkpoints", "out", "preset", "tasks", "data_root", "arch", "set", "report", "baseline",
+              "feature_cache_fp16")
+
+
+def _suite_file(path: str, options: dict) -> dict:
+    """``options`` of ``suite`` over the values of suite file ``path`` (explicit command-line values win)."""
+    from click.core import ParameterSource
+
+    data = read_config_file(path, section="suite")
+    unknown = sorted(set(map(str, data)) - set(SUITE_KEYS))
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown keys {unknown}; valid keys: {', '.join(SUITE_KEYS)}",
+                                 param_hint="--config")
+    names = {"set": "overrides", "report": "report_dir"}
+    ctx = click.get_current_context()
+    merged = dict(options)
+    for key, value in data.items():
+        name = names.get(key, key)
+        given = options[name] if name == "checkpoints" else ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        if given:
+            continue
+        if key in ("checkpoints", "set"):
+            if isinstance(value, dict):  # checkpoints as {label: source}
+                value = [f"{k}={v}" for k, v in value.items()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise click.BadParameter(f"{path}: {key} must be a list of strings (or a mapping label: source)",
+                                         param_hint="--config")
+            value = tuple(value)
+        elif key == "tasks" and isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif key == "feature_cache_fp16" and not isinstance(value, bool):
+            raise click.BadParameter(f"{path}: feature_cache_fp16 must be true or false, got {value!r}",
+                                     param_hint="--config")
+        elif key != "feature_cache_fp16" and not isinstance(value, str):
+            raise click.BadParameter(f"{path}: {key} must be a string, got {value!r}", param_hint="--config")
+        merged[name] = value
+    return merged
+
+
 @main.command()
-@click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Suite folder: OUT/<label>/<task>/.")
+@click.argument("checkpoints", nargs=-1)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Suite file (YAML): checkpoints, out, preset, tasks, data_root, arch, set, report, baseline; "
+              "options given here win. Keep it beside the report: it says what the comparison is.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Suite folder: OUT/<label>/<task>/.")
 @click.option("--preset", default="cpu-small", show_default=True, help="Task list: cpu-small, demo or paper.")
 @click.option("--tasks", default="", help="Comma-separated subset of the preset's tasks.")
 @click.option("--data-root", default=".", show_default=True, help="Folder holding the preset's data folders.")
@@ -226,8 +281,8 @@ def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir
 @click.option("--baseline", default="supervised", show_default=True, help="Row the report's deltas refer to.")
 @click.option("--feature-cache-fp16", is_flag=True, help="Store the cached features (OUT/<label>/feature_cache) in float16.")
 @load_options
-def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_dir, baseline, feature_cache_fp16,
-          load) -> None:
+def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrides, report_dir, baseline,
+          feature_cache_fp16, load) -> None:
     """Run a preset's tasks on each CHECKPOINT ([LABEL=]PATH, [LABEL=]zoo:NAME or 'random'), then write the report.
 
     Pairs that already have results are skipped, so re-running an interrupted suite resumes it.
@@ -240,6 +295,16 @@ def suite(checkpoints, out, preset, tasks, data_root, arch, overrides, report_di
     from mocobench.log import setup_logging
     from mocobench.suite import SuiteError, run_suite
 
+    if config_file:
+        o = _suite_file(config_file, dict(checkpoints=checkpoints, out=out, preset=preset, tasks=tasks,
+                                          data_root=data_root, arch=arch, overrides=overrides, report_dir=report_dir,
+                                          baseline=baseline, feature_cache_fp16=feature_cache_fp16))
+        checkpoints, out, preset, tasks, data_root, arch = (o[k] for k in ("checkpoints", "out", "preset", "tasks",
+                                                                          "data_root", "arch"))
+        overrides, report_dir, baseline, feature_cache_fp16 = (o[k] for k in ("overrides", "report_dir", "baseline",
+                                                                              "feature_cache_fp16"))
+    if not checkpoints or not out:
+        raise click.UsageError("give the CHECKPOINTS and --out, on the command line or in --config FILE")
     setup_logging()
     _run_then_report(
         lambda: run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch,

@@ -80,8 +80,9 @@ def apply_overrides(cfg, pairs: list[str] | tuple[str, ...]):
     return dataclasses.replace(cfg, **changes)
 
 
-def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> Callable:
-    """Decorator adding one click option per field of ``cls`` (fields in ``exclude`` are skipped)."""
+def dataclass_options(cls, exclude: tuple[str, ...] = (), enforce_required: bool = True) -> Callable:
+    """Decorator adding one click option per field of ``cls`` (fields in ``exclude`` are skipped).
+    ``enforce_required=False``: required fields may come from a config file; the config class checks them."""
     hints = typing.get_type_hints(cls)
 
     def decorate(fn):
@@ -100,10 +101,79 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> Callable:
                     kw["default"] = ",".join(map(str, f.default))
             if optional and tp is bool:
                 kw["default"] = None
-            if f.metadata.get("required"):
+            if f.metadata.get("required") and enforce_required:
                 kw.update(required=True, show_default=False)
                 kw.pop("default")
             fn = click.option(*decl, f.name, **kw)(fn)
         return fn
 
     return decorate
+
+
+def _as_set_value(value) -> str:
+    """A YAML/JSON value in ``--set`` syntax (lists comma-separated, null ``none``, booleans ``true``/``false``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        if any("," in str(v) for v in value):
+            raise ValueError(f"the list {value!r} has an item with a comma, which a --set value cannot carry")
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def read_config_file(path: str, section: str = "config") -> dict:
+    """The mapping of a YAML or JSON config file: the one under ``section`` when the file has it (a run's
+    ``config.yaml``, a ``results.json``), else the top level. Errors name the file."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from e
+    if isinstance(data, dict) and isinstance(data.get(section), dict):
+        data = data[section]
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} holds a {type(data).__name__}; expected a mapping of KEY: VALUE",
+                                 param_hint="--config")
+    return data
+
+
+def config_file_pairs(path: str, cls, skip: tuple[str, ...] = ("derived",)) -> list[str]:
+    """``KEY=VALUE`` pairs (the ``--set`` syntax) of the fields of config class ``cls`` in file ``path``
+    (:func:`read_config_file`); ``skip`` keys are ignored. An unknown key or a value that does not convert
+    to its field's type is an error naming the file, the key and what was expected."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    pairs = []
+    for key, value in read_config_file(path).items():
+        name = str(key).replace("-", "_")
+        if name in skip:
+            continue
+        if name not in names:
+            raise click.BadParameter(f"{path}: unknown key {key!r}; valid keys: {', '.join(names)}", param_hint="--config")
+        try:
+            pairs.append(f"{name}={_as_set_value(value)}")
+        except ValueError as e:
+            raise click.BadParameter(f"{path}: {key}: {e}", param_hint="--config") from e
+    try:
+        apply_overrides(cls(), pairs)  # every value is checked against its field's type here, naming the file
+    except click.BadParameter as e:
+        raise click.BadParameter(f"{path}: {e.message}", param_hint="--config") from e
+    return pairs
+
+
+def merge_config_file(path: str | None, cls, options: dict) -> dict:
+    """Click ``options`` of a command over the values of config file ``path``: a value given on the command
+    line (or by an environment variable) wins, every other field comes from the file, then the defaults."""
+    if not path:
+        return options
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    pairs = config_file_pairs(path, cls)
+    from_file, keys = apply_overrides(cls(), pairs), {p.partition("=")[0] for p in pairs}
+    explicit = {k for k in options if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
+                                                                        ParameterSource.ENVIRONMENT)}
+    return {**options, **{k: getattr(from_file, k) for k in keys if k not in explicit}}

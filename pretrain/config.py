@@ -160,9 +160,11 @@ class PretrainConfig:
     def validate(self, world: int = 1) -> None:
         """Raise :class:`ConfigError` naming the option, before any work starts."""
         if not self.data:
-            raise ConfigError("--data is required: an ImageFolder tree or a folder of images")
+            raise ConfigError("--data is required (on the command line or in --config FILE): an ImageFolder tree or a "
+                              "folder of images")
         if not self.out:
-            raise ConfigError("--out is required: the folder for checkpoints and metrics")
+            raise ConfigError("--out is required (on the command line or in --config FILE): the folder for checkpoints "
+                              "and metrics")
         if self.decode_cache_mib < 0:
             raise ConfigError(f"--decode-cache-mib must be >= 0 (0: no cache), got {self.decode_cache_mib}")
         if self.arch not in ARCHS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import yaml
 from helpers import TINY, run_cli, tb_scalars
 
@@ -115,3 +116,57 @@ def test_pretraining_mirrors_metrics_jsonl_to_tensorboard_and_no_tensorboard_tur
     assert {"step/lr", "step/acc1", "step/images_per_s", "epoch/knn_top1"} <= set(got)
     run_cli([*opts, "--out", tmp_path / "off", "--no-tensorboard"])
     assert (tmp_path / "off" / "metrics.jsonl").exists() and not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_pretrain_config_file_reruns_a_run_and_options_override_single_fields(synth, tmp_path):
+    run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "a", "--epochs", "1", *TINY])
+    saved = tmp_path / "a" / "config.yaml"
+    run_cli(["pretrain", "--config", saved, "--out", tmp_path / "b"])  # the same run again, elsewhere
+    a, b = (read_checkpoint(tmp_path / d / "checkpoint_last.pth") for d in ("a", "b"))
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+    run_cli(["pretrain", "--config", saved, "--out", tmp_path / "c", "--queue-size", "32", "--max-steps", "1"])
+    ca, cc = (yaml.safe_load((tmp_path / d / "config.yaml").read_text())["config"] for d in ("a", "c"))
+    assert (cc["queue_size"], cc["max_steps"], cc["out"]) == (32, 1, str(tmp_path / "c"))
+    assert {k: v for k, v in cc.items() if k not in ("queue_size", "max_steps", "out")} == {
+        k: v for k, v in ca.items() if k not in ("queue_size", "max_steps", "out")}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: many\n")
+    r = run_cli(["pretrain", "--config", bad], expect_ok=False)
+    assert str(bad) in r.output and "epochs='many': expected int" in r.output
+    bad.write_text("config:\n  epoch: 3\n")
+    r = run_cli(["pretrain", "--config", bad], expect_ok=False)
+    assert str(bad) in r.output and "unknown key 'epoch'" in r.output and "epochs" in r.output
+    bad.write_text("epochs: 1\n")
+    assert "--data is required (on the command line or in --config FILE)" in run_cli(
+        ["pretrain", "--config", bad], expect_ok=False).output
+
+
+def test_transfer_config_file_reruns_a_results_file_and_set_wins(synth, tmp_path):
+    from mocobench.results import read_results
+
+    run_cli(["transfer", "--task", "knn", "random", "--arch", "resnet18", "--data", synth, "--out", tmp_path / "a",
+             "--set", "image_size=32", "--set", "k=7", "--set", "workers=0"])
+    first = tmp_path / "a" / "results.json"
+    run_cli(["transfer", "--task", "knn", "random", "--arch", "resnet18", "--config", first, "--out", tmp_path / "b"])
+    a, b = read_results(first), read_results(tmp_path / "b" / "results.json")
+    assert a["metrics"] == b["metrics"] and b["config"]["k"] == 7
+    run_cli(["transfer", "--task", "knn", "random", "--arch", "resnet18", "--config", first, "--out", tmp_path / "c",
+             "--set", "k=3"])
+    assert read_results(tmp_path / "c" / "results.json")["config"]["k"] == 3
+
+
+def test_suite_config_file_says_what_the_comparison_is(synth, tmp_path, monkeypatch):
+    from mocobench import suite
+
+    monkeypatch.setitem(suite.PRESETS, "t", (suite.TaskSpec("knn", str(synth), ("image_size=32", "workers=0")),))
+    spec = tmp_path / "suite.yaml"
+    spec.write_text(yaml.safe_dump({"checkpoints": {"rnd": "random"}, "arch": "resnet18", "preset": "t",
+                                    "out": str(tmp_path / "s"), "set": ["knn.k=9"], "baseline": ""}))
+    run_cli(["suite", "--config", spec])
+    res = yaml.safe_load((tmp_path / "s" / "rnd" / "knn" / "results.json").read_text())
+    assert res["config"]["k"] == 9 and (tmp_path / "s" / "report" / "report.md").exists()
+    run_cli(["suite", "--config", spec, "--out", tmp_path / "s2"])  # an option given here wins
+    assert (tmp_path / "s2" / "rnd" / "knn" / "results.json").exists()
+    spec.write_text("checkpoint: [random]\n")
+    r = run_cli(["suite", "--config", spec], expect_ok=False)
+    assert "unknown keys ['checkpoint']" in r.output and str(spec) in r.output
