@@ -253,9 +253,14 @@ def _pyplot():
     return plt
 
 
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, where it covers no bar or line (saved with a tight bounding box)."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` as PNG atomically and close it."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    """Write ``fig`` as PNG atomically (bounding box fitted to everything drawn, legends included) and close it."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     _pyplot().close(fig)
     return path
 
@@ -284,7 +289,7 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xticks(range(len(cols)), [f"{t}\n{m}" for t, m in cols], fontsize=8)
         ax.set_ylabel("score (%)")
         ax.set_title(f"{family} transfer")
-        ax.legend(fontsize=7, ncols=2)
+        _legend_outside(ax)
         fig.tight_layout()
         paths.append(_save_figure(fig, out / f"fig_{family}.png"))
     return paths
@@ -311,9 +316,8 @@ def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="pretraining loss")
     ax_acc.set(xlabel="epoch", ylabel="pretext top-1 (%)", title="pretext accuracy (positive / class)")
     ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
-    for ax in (ax_loss, ax_acc, ax_knn):
-        if ax.lines:
-            ax.legend(fontsize=7)
+    if ax_loss.lines:
+        _legend_outside(ax_knn if ax_knn.lines else ax_loss)  # one legend, beside the last panel
     fig.tight_layout()
     return _save_figure(fig, out / "fig_pretraining_curves.png")
 
@@ -377,7 +381,7 @@ def sweep_figures(df: pd.DataFrame, out: Path) -> list[Path]:
                 ax.set_xticks(range(len(xs)), [str(v) for v in xs])
             xlabel = "K (queue or bank; end_to_end: batch N = K)" if key == "negatives" else key
             ax.set(xlabel=xlabel, ylabel=f"{task} {metric} (%)", title=f"{task} against {key}")
-            ax.legend(fontsize=7)
+            _legend_outside(ax)
             fig.tight_layout()
             paths.append(_save_figure(fig, out / f"fig_sweep_{key}_{task.replace('@', '_')}.png"))
     return paths
@@ -393,13 +397,41 @@ class Report:
     files: tuple[Path, ...]
 
 
-def _html_delta(table: pd.DataFrame) -> str:
+#: The report page's whole stylesheet, inlined: readable at laptop width, wide tables scroll inside themselves.
+CSS = """body{font-family:'DejaVu Sans',system-ui,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;
+color:#1f2328;line-height:1.45}h1{font-size:1.55em}h2{font-size:1.25em;border-bottom:1px solid #d0d7de;
+padding-bottom:.2em;margin-top:1.8em}h3{font-size:1em;margin:1.1em 0 .3em}
+table{border-collapse:collapse;margin:.3em 0 1em;font-size:.88em;display:block;overflow-x:auto;width:fit-content;
+max-width:100%}
+th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:right;white-space:nowrap}thead th{background:#f6f8fa}
+th:first-child,td:first-child{text-align:left}table.wrap td{white-space:normal;text-align:left;min-width:8em}
+img{max-width:100%;height:auto;display:block;margin:.4em 0 1.4em}p.note{color:#57606a;font-size:.9em}"""
+
+
+def _html_delta(table: pd.DataFrame, uid: str) -> str:
     def colour(v):
         if pd.isna(v) or v == 0:
             return ""
         return "color: #1a7f37" if v > 0 else "color: #cf222e"
 
-    return table.style.set_uuid("delta").format(_signed).map(colour).to_html()  # fixed ids: same input, same bytes
+    return table.style.set_uuid(uid).format(_signed).map(colour).to_html()  # fixed ids: same input, same bytes
+
+
+def _html_per_task(table: pd.DataFrame, delta: bool = False) -> list[str]:
+    """One ``<h3>`` and table per task, as the markdown has (no table wider than a task's metrics)."""
+    out = []
+    for i, task in enumerate(dict.fromkeys(table.columns.get_level_values(0))):
+        sub = table[task]
+        out += [f"<h3>{task}</h3>", _html_delta(sub, f"delta{i}") if delta else sub.to_html()]
+    return out
+
+
+def _inline_png(path: Path) -> str:
+    """An ``<img>`` carrying the PNG itself (a data URI): the page needs no other file and fetches nothing."""
+    import base64
+
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img src='data:image/png;base64,{data}' alt='{path.stem}'>"
 
 
 def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supervised", title: str = "") -> Report:
@@ -435,15 +467,18 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
            protos.to_markdown(index=False, disable_numparse=True), "", "## Pretrainings", "", recipes.to_markdown(index=False, disable_numparse=True), ""]
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
 
-    html = [f"<html><head><meta charset='utf-8'><title>{title}</title></head><body>", f"<h1>{title}</h1>",
-            "<h2>Results</h2>", table.to_html(), ]
+    html = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>", f"<title>{title}</title>",
+            f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>", f"<p class='note'>{md[2]}</p>",
+            "<h2>Results</h2>", *_html_per_task(table)]
     if dtable is not None:
-        html += [f"<h2>Difference from {baseline}</h2>", _html_delta(dtable)]
+        html += [f"<h2>Difference from {baseline}</h2>", "<p class='note'>Signed difference of the means (points); "
+                 f"green is better than {baseline}, red worse.</p>", *_html_per_task(dtable, delta=True)]
     if not repro.empty:
         html += ["<h2>Published numbers</h2>", repro.to_html(index=False, float_format="%.2f")]
-    html += ["<h2>Protocols</h2>", protos.to_html(index=False), "<h2>Pretrainings</h2>",
-             recipes.to_html(index=False), "<h2>Figures</h2>"]
-    html += [f"<img src='{p.name}' alt='{p.stem}'>" for p in figures] + ["</body></html>"]
+    html += ["<h2>Protocols</h2>", protos.to_html(index=False, classes="wrap"), "<h2>Pretrainings</h2>",
+             recipes.to_html(index=False, classes="wrap"), "<h2>Figures</h2>"]
+    html += [_inline_png(p) for p in figures] + ["</body></html>"]
 
     files = [out / "report.md", out / "report.html", out / "report.csv", out / "pivot.csv"]
     atomic_write_text(files[0], "\n".join(md))

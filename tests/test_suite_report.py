@@ -228,3 +228,49 @@ def test_an_optional_suite_task_without_its_data_is_skipped_not_failed(synth, tm
     done = suite.run_suite(["random"], tmp_path / "s", preset="t", data_root=tmp_path, arch="resnet18")
     assert [p.parent.name for p in done] == ["knn"]
     assert "cityscapes_seg on random: skipped" in (tmp_path / "s" / "suite.log").read_text()
+
+
+CHECKS = """<script>window.addEventListener('load', () => {
+  const right = e => e.getBoundingClientRect().right;
+  const colours = [...document.querySelectorAll('td')].map(td => getComputedStyle(td).color);
+  const out = {scroll: document.documentElement.scrollWidth, inner: innerWidth, h3: document.querySelectorAll('h3').length,
+    imgs: [...document.images].map(i => [i.naturalWidth, i.getBoundingClientRect().width, right(i)]),
+    tables: [...document.querySelectorAll('table')].map(right), external: [...document.querySelectorAll('[src]')]
+      .map(e => e.getAttribute('src')).filter(s => !s.startsWith('data:')),
+    green: colours.filter(c => c === 'rgb(26, 127, 55)').length, red: colours.filter(c => c === 'rgb(207, 34, 46)').length};
+  const pre = document.createElement('pre'); pre.id = 'checks'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
+def test_the_html_report_reads_well_in_headless_chromium_at_laptop_width(tmp_path):
+    """Rendered by a real browser at 1300 px: nothing wider than the window, one table per task, the deltas
+    coloured, every figure inlined, decoded and on the page, nothing fetched from elsewhere."""
+    runs = tmp_path / "runs"
+    tasks = {"knn": {"top1": 50.0, "top5": 80.0}, "linear": {"top1_best": 60.0, "top1_final": 59.0},
+             "coco_det": {"bbox_AP": 10.0, "bbox_AP50": 20.0, "bbox_AP75": 8.0},
+             "voc_det": {"bbox_AP": 11.0, "bbox_AP50": 21.0, "bbox_AP75": 9.0}, "voc_seg": {"mIoU": 30.0}}
+    for label, bonus in (("supervised", 0.0), ("moco_v2", 2.0), ("random", -5.0)):
+        for task, metrics in tasks.items():
+            _results(runs, label, task, {k: v + bonus for k, v in metrics.items()})
+    write_report([runs], tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    probe = tmp_path / "report" / "probe.html"
+    probe.write_text(page.replace("</body>", CHECKS + "</body>"))
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,900",
+                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    checks = json.loads(dom.split("<pre id=\"checks\">")[1].split("</pre>")[0].replace("&quot;", '"'))
+    assert checks["scroll"] <= checks["inner"], "the page is wider than a 1300 px window"
+    assert all(r <= checks["inner"] for r in checks["tables"]), "a table runs past the window"
+    assert checks["h3"] == 2 * len(tasks)  # results and differences, one table per task
+    assert checks["green"] == 11 and checks["red"] == 11  # moco_v2 +2 and random -5 in every metric
+    assert len(checks["imgs"]) == 3 and all(n > 0 and w > 200 and r <= checks["inner"] for n, w, r in checks["imgs"])
+    assert checks["external"] == [], "the page fetches files"
