@@ -100,24 +100,24 @@ class FinegrainedConfig:
     preprocess: Literal["ssl_transfer", "imagenet"] = option(
         "ssl_transfer", "ssl_transfer: Resize(size, bicubic) + CenterCrop(size) (ssl-transfer linear.py); imagenet: "
         "Resize(size*256/224, bilinear) + CenterCrop(size) (the linear protocol's test transform).")
-    image_size: int = option(224, "Centre-crop size (ssl-transfer: 224).")
+    image_size: int = option(224, "Centre-crop size (ssl-transfer: 224).", min=8)
     wd_min: float = option(-6.0, "log10 of the smallest weight decay in the grid (ssl-transfer: -6).")
     wd_max: float = option(5.0, "log10 of the largest weight decay in the grid (ssl-transfer: 5).")
-    grid_size: int = option(45, "Number of weight-decay values, C = 1/wd (ssl-transfer: 45).")
-    max_iter: int = option(100, "L-BFGS iterations per fit (ssl-transfer: scikit-learn's default, 100).")
+    grid_size: int = option(45, "Number of weight-decay values, C = 1/wd (ssl-transfer: 45).", min=1)
+    max_iter: int = option(100, "L-BFGS iterations per fit (ssl-transfer: scikit-learn's default, 100).", min=1)
     warm_start: bool = option(
         True, "Start each grid fit from the previous one, and the refit from the last grid fit (ssl-transfer).")
-    val_fraction: float = option(0.2, "Share of train held out as val when the data set has no val split (ssl-transfer: 0.2).")
-    split_seed: int = option(0, "Seed of that held-out split (ssl-transfer: random_seed 0, a NumPy shuffle).")
+    val_fraction: float = option(0.2, "Share of train held out as val when the data set has no val split (ssl-transfer: 0.2).", min=0, max=1, min_open=True, max_open=True)
+    split_seed: int = option(0, "Seed of that held-out split (ssl-transfer: random_seed 0, a NumPy shuffle).", min=0)
     ft_lrs: tuple[float, ...] = option(
         (0.1, 0.01, 0.001, 0.0001), "finetune: learning rates searched (ssl-transfer: logspace(-4, -1, 4), descending).")
     ft_wds: tuple[float, ...] = option(
         (0.0, 1e-6, 1e-5, 1e-4, 1e-3), "finetune: weight decays searched, each divided by the lr "
         "(ssl-transfer: 0 and logspace(-6, -3, 4)).")
-    ft_steps: int = option(5000, "finetune: SGD steps per grid point and for the refit (ssl-transfer: 5000; Kornblith: 20000).")
-    ft_batch_size: int = option(64, "finetune: batch size (ssl-transfer: 64; Kornblith: 256).")
-    batch_size: int = option(64, "Feature-extraction batch size.")
-    workers: int = option(4, "Data-loading workers.")
+    ft_steps: int = option(5000, "finetune: SGD steps per grid point and for the refit (ssl-transfer: 5000; Kornblith: 20000).", min=1)
+    ft_batch_size: int = option(64, "finetune: batch size (ssl-transfer: 64; Kornblith: 256).", min=1)
+    batch_size: int = option(64, "Feature-extraction batch size.", min=1)
+    workers: int = option(4, "Data-loading workers.", min=0)
     amp: Literal["fp32", "bf16"] = option("fp32", "Feature extraction precision (linear protocol): fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
 

@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "seg_last.pth"
 #: Fields that may change between a run and its resumption.
 RESUMABLE = ("workers", "device", "resume", "stop_at", "checkpoint_every", "log_every", "tensorboard")
-#: Known differences from the paper / mmselfsup setup, recorded with every result.
+#: Known differences from the paper and SlotCon's setup, recorded with every result.
 DEVIATIONS = (
     "loss averaged over the labelled pixels of the global batch (mmsegmentation 0.x, as in SlotCon's configs, "
     "averages over every pixel of each GPU's batch, ignored ones included), so N processes train exactly as one",
@@ -86,20 +86,20 @@ class SegConfig:
     keep_classes: tuple[str, ...] = option(
         (), "Train and score only these classes (names, comma-separated); the others join the first class, the "
         "background. Empty: every class (the paper).")
-    iterations: int = option(30000, "Training iterations (paper: 30k on VOC train_aug; mmselfsup: max_iters 30000).")
-    batch_size: int = option(16, "Global batch: images per iteration over all processes (paper: 16).")
-    lr: float = option(0.003, "Base learning rate (paper: 0.003 on VOC, 0.01 on Cityscapes).")
-    momentum: float = option(0.9, "SGD momentum (mmselfsup: optimizer momentum 0.9).")
-    weight_decay: float = option(1e-4, "Weight decay on every parameter (paper: 0.0001).")
+    iterations: int = option(30000, "Training iterations (paper: 30k on VOC train_aug; SlotCon: max_iters 30000).", min=1)
+    batch_size: int = option(16, "Global batch: images per iteration over all processes (paper: 16).", min=1)
+    lr: float = option(0.003, "Base learning rate (paper: 0.003 on VOC, 0.01 on Cityscapes).", min=0, min_open=True)
+    momentum: float = option(0.9, "SGD momentum (SlotCon: optimizer momentum 0.9; the paper does not name it).", min=0, max=1, max_open=True)
+    weight_decay: float = option(1e-4, "Weight decay on every parameter (paper: 0.0001).", min=0)
     steps: tuple[float, ...] = option((0.7, 0.9), "lr x0.1 at these fractions of the iterations (paper: 70% and 90%; "
-                                      "mmselfsup: step=[21000, 27000] of 30000).")
-    crop_size: int = option(513, "Square training crop (paper: 513 on VOC, 769 on Cityscapes).")
+                                      "SlotCon: step=[21000, 27000] of 30000).")
+    crop_size: int = option(513, "Square training crop (paper: 513 on VOC, 769 on Cityscapes).", min=16)
     scale_range: tuple[float, ...] = option((0.5, 2.0), "Random scale of the training images (paper: 0.5-2.0).")
     test_scale: float = option(1.0, "Scale of the test images before the network (paper: 1, the original size); the "
-                               "predictions are scored at the original size either way.")
-    head_channels: int = option(256, "Channels of the head's 3x3 convolutions (paper: 256).")
-    head_dilation: int = option(6, "Dilation of the head's 3x3 convolutions (paper: 6, DeepLab's large field of view).")
-    head_convs: int = option(2, "Number of 3x3 convolutions in the head (paper: 2).")
+                               "predictions are scored at the original size either way.", min=0, min_open=True)
+    head_channels: int = option(256, "Channels of the head's 3x3 convolutions (paper: 256).", min=1)
+    head_dilation: int = option(6, "Dilation of the head's 3x3 convolutions (paper: 6, DeepLab's large field of view).", min=1)
+    head_convs: int = option(2, "Number of 3x3 convolutions in the head (paper: 2).", min=0)
     contract_dilation: bool = option(
         False, "Keep dilation 1 in conv5's first block (SlotCon's mmseg contract_dilation=True, torchvision's "
         "replace_stride_with_dilation); default: every conv5 3x3 conv dilated 2, as the paper says.")
@@ -107,20 +107,20 @@ class SegConfig:
         "", "cpu-smoke: crop 128, batch 8, 300 iterations, images at 1/8-1/2 scale (test 1/4), for CPUs; --set "
         "values apply over it.")
     amp: Literal["fp32", "bf16"] = option("fp32", "Training and inference precision: fp32 (paper) or bf16 autocast.")
-    checkpoint_every: int = option(1000, "Save <out>/seg_last.pth every N iterations (and at the end).")
-    log_every: int = option(20, "Log the loss every N iterations (and write it to <out>/metrics.jsonl).")
+    checkpoint_every: int = option(1000, "Save <out>/seg_last.pth every N iterations (and at the end).", min=1)
+    log_every: int = option(20, "Log the loss every N iterations (and write it to <out>/metrics.jsonl).", min=1)
     tensorboard: bool = option(True, "Also write the loss and lr as TensorBoard events to <out>/tensorboard.")
     resume: bool = option(True, "Continue <out>/seg_last.pth when it exists.")
-    stop_at: int = option(0, "Stop after this iteration without results (resume later); 0 = run to the end.")
-    workers: int = option(4, "Data-loading workers per process.")
+    stop_at: int = option(0, "Stop after this iteration without results (resume later); 0 = run to the end.", min=0)
+    workers: int = option(4, "Data-loading workers per process.", min=0)
     device: str = option("auto", "auto, cpu or cuda.")
 
 
 @dataclass
 class CityscapesSegConfig(SegConfig):
-    iterations: int = option(90000, "Training iterations (paper: 90k on Cityscapes train; mmselfsup: 90000).")
-    lr: float = option(0.01, "Base learning rate (paper: 0.01 on Cityscapes).")
-    crop_size: int = option(769, "Square training crop (paper: 769 on Cityscapes).")
+    iterations: int = option(90000, "Training iterations (paper: 90k on Cityscapes train; SlotCon: 90000).", min=1)
+    lr: float = option(0.01, "Base learning rate (paper: 0.01 on Cityscapes).", min=0, min_open=True)
+    crop_size: int = option(769, "Square training crop (paper: 769 on Cityscapes).", min=16)
 
 
 #: ``preset=cpu-smoke`` (ResNet-18 on two CPU cores): these values replace the defaults, and ``--set`` pairs

@@ -12,8 +12,13 @@ from collections.abc import Callable
 import click
 
 
-def option(default, help: str, **metadata):  # noqa: A002 - "help" as in click
-    """A dataclass field that is also a CLI option / ``--set`` key: its default and its help text."""
+def option(default, help: str, *, min=None, max=None, min_open: bool = False, max_open: bool = False,  # noqa: A002
+           **metadata):
+    """A dataclass field that is also a CLI option / ``--set`` / config-file key: its default, its help text and,
+    for numbers, the range it accepts (``min``/``max``, inclusive unless ``*_open``), declared once here and
+    checked by click for the command line, ``--set`` pairs and config files alike."""
+    if min is not None or max is not None:
+        metadata["range"] = (min, max, min_open, max_open)
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -41,8 +46,24 @@ class NumberTuple(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of {self.item.__name__} values", param, ctx)
 
 
-def click_type(tp) -> click.ParamType | type:
-    """The click parameter type of a (non-optional) field annotation."""
+def describe_range(tp, bounds) -> str:
+    """``an integer >= 1``, ``a number > 0 and <= 1``: what a declared range accepts ('' without one)."""
+    if bounds is None:
+        return ""
+    lo, hi, lo_open, hi_open = bounds
+    parts = ([f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []) + (
+        [f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
+    return f"{'an integer' if tp is int else 'a number'} {' and '.join(parts)}"
+
+
+def click_type(tp, metadata=None) -> click.ParamType | type:
+    """The click parameter type of a (non-optional) field annotation; a declared range (:func:`option`) makes
+    an int or float field a ``click.IntRange`` / ``click.FloatRange``."""
+    bounds = (metadata or {}).get("range")
+    if bounds is not None and tp in (int, float):
+        lo, hi, lo_open, hi_open = bounds
+        cls = click.IntRange if tp is int else click.FloatRange
+        return cls(min=lo, max=hi, min_open=lo_open, max_open=hi_open)
     if typing.get_origin(tp) is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(tp)])
     if typing.get_origin(tp) is tuple:
@@ -58,7 +79,8 @@ def apply_overrides(cfg, pairs: list[str] | tuple[str, ...]):
     Unknown keys and bad values raise ``click.BadParameter`` naming the key and the valid keys.
     """
     hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    names = list(fields)
     changes = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -71,12 +93,12 @@ def apply_overrides(cfg, pairs: list[str] | tuple[str, ...]):
         if optional and value.lower() in ("none", "null", ""):
             changes[key] = None
             continue
-        ptype = click_type(tp)
+        ptype = click_type(tp, fields[key].metadata)
         try:
             changes[key] = ptype.convert(value, None, None) if isinstance(ptype, click.ParamType) else ptype(value)
         except (ValueError, click.BadParameter) as e:
-            raise click.BadParameter(f"{key}={value!r}: expected {getattr(ptype, '__name__', ptype)} ({e})",
-                                     param_hint="--set") from e
+            expected = describe_range(tp, fields[key].metadata.get("range")) or getattr(ptype, "__name__", ptype)
+            raise click.BadParameter(f"{key}={value!r}: expected {expected} ({e})", param_hint="--set") from e
     return dataclasses.replace(cfg, **changes)
 
 
@@ -96,7 +118,7 @@ def dataclass_options(cls, exclude: tuple[str, ...] = (), enforce_required: bool
                 decl = [f"{name}/--no-{name[2:]}"]
             else:
                 decl = [name]
-                kw["type"] = click_type(tp)
+                kw["type"] = click_type(tp, f.metadata)
                 if typing.get_origin(tp) is tuple and f.default is not None:
                     kw["default"] = ",".join(map(str, f.default))
             if optional and tp is bool:

@@ -61,24 +61,24 @@ class PretrainConfig:
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = option(
         "resnet50", "torchvision ResNet backbone (the papers use resnet50)."
     )
-    epochs: int | None = option(None, "Training epochs (MoCo papers: 200, v2 also 800; supervised: 90).")
-    batch_size: int = option(256, "Global batch size over all processes (papers: 256).")
+    epochs: int | None = option(None, "Training epochs (MoCo papers: 200, v2 also 800; supervised: 90).", min=1)
+    batch_size: int = option(256, "Global batch size over all processes (papers: 256).", min=1)
     lr: float | None = option(
         None, "Learning rate for a batch of 256 (MoCo 0.03, supervised 0.1); the lr used is lr * batch_size / 256."
-    )
+    , min=0, min_open=True)
     lr_schedule: Literal["step", "cosine"] | None = option(None, "step (v1: x0.1 at the milestones) or cosine (v2).")
     lr_milestones: tuple[int, ...] | None = option(
         None, "Epochs where the step schedule multiplies lr by 0.1 (MoCo v1: 120,160; supervised: 30,60)."
     )
-    momentum: float = option(0.9, "SGD momentum.")
-    weight_decay: float = option(1e-4, "SGD weight decay.")
-    image_size: int = option(224, "Crop size of the training views.")
+    momentum: float = option(0.9, "SGD momentum.", min=0, max=1, max_open=True)
+    weight_decay: float = option(1e-4, "SGD weight decay.", min=0)
+    image_size: int = option(224, "Crop size of the training views.", min=8)
     queue_size: int = option(
-        65536, "Queue size K (number of negatives; memory_bank: negatives sampled per step); MoCo: divisible by the batch.")
-    dim: int = option(128, "Feature dimension of the projection head.")
-    moco_m: float = option(0.999, "Momentum of the key encoder.")
-    moco_t: float | None = option(None, "Softmax temperature (v1: 0.07, v2: 0.2).")
-    bank_momentum: float = option(0.5, "memory_bank: momentum of the bank entry update (InstDisc: 0.5).")
+        65536, "Queue size K (number of negatives; memory_bank: negatives sampled per step); MoCo: divisible by the batch.", min=1)
+    dim: int = option(128, "Feature dimension of the projection head.", min=1)
+    moco_m: float = option(0.999, "Momentum of the key encoder.", min=0, max=1)
+    moco_t: float | None = option(None, "Softmax temperature (v1: 0.07, v2: 0.2).", min=0, min_open=True)
+    bank_momentum: float = option(0.5, "memory_bank: momentum of the bank entry update (InstDisc: 0.5).", min=0, max=1)
     mlp: bool | None = option(None, "MLP projection head (v2) instead of one fc layer (v1).")
     aug: Literal["v1", "v2"] | None = option(None, "Augmentation: v1, or v2 (aug+ with blur).")
     bn_splits: int | None = option(
@@ -86,33 +86,33 @@ class PretrainConfig:
         "BN statistics per sub-batch of each process (shuffling BN inside a process, as the MoCo CIFAR demo). "
         "Default: the paper's 8 BN groups in the global batch (8 GPUs x 32 images at 256): 8 on one process, "
         "8/W under torchrun with W processes (4 on 2, 1 on 8 or more), lowered to the nearest split that "
-        "divides the per-process batch; 1 for supervised.",
+        "divides the per-process batch; 1 for supervised.", min=1,
     )
     on_bad_image: OnBadImage = on_bad_image_option()
     detect_anomaly: bool = option(False, "torch.autograd anomaly detection: name the operation that made a NaN (slow).")
-    max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).")
-    seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.")
-    workers: int = option(4, "Data-loading worker processes per training process (0: load in the main process).")
+    max_steps: int | None = option(None, "Stop after this many optimiser steps in total (checkpointed; resumable).", min=1)
+    seed: int = option(0, "Seed of the model init, data order, augmentation and shuffles.", min=0)
+    workers: int = option(4, "Data-loading worker processes per training process (0: load in the main process).", min=0)
     aug_backend: Literal["pil", "tensor"] = option(
         "pil", "How the contrastive views are made: pil (the official per-image pipeline) or tensor (the same random "
         "draws and crop, then colour jitter, grayscale, blur and flip as batched tensor ops in the loader; within "
         "~1.3/255 of pil per pixel and faster: see README). Not for supervised.")
     decode_cache_mib: int = option(
         1024, "Keep the decoded images in memory when they fit in this many MiB (decoded once, not every epoch); 0: never."
-    )
+    , min=0)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto uses CUDA when available.")
     amp: Literal["none", "bf16", "fp16"] = option("none", "Mixed precision (fp16 uses a gradient scaler; CUDA only).")
     channels_last: bool = option(False, "Use the channels_last memory format.")
     compile: bool = option(False, "torch.compile the encoders (experimental: failed with torch 2.11 on CUDA; see README).")
-    save_every: int = option(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).")
-    log_every: int = option(10, "Write a step line to metrics.jsonl every N steps.")
+    save_every: int = option(10, "Also keep checkpoint_<epoch>.pth every N epochs (checkpoint_last.pth is every epoch).", min=1)
+    log_every: int = option(10, "Write a step line to metrics.jsonl every N steps.", min=1)
     tensorboard: bool = option(True, "Also write metrics.jsonl's numbers as TensorBoard events to <out>/tensorboard.")
     resume: str | None = option(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
     knn_train: str | None = option(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).")
     knn_val: str | None = option(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).")
-    knn_k: int = option(200, "kNN monitor: neighbours (MoCo CIFAR demo: 200).")
-    knn_t: float = option(0.1, "kNN monitor: temperature (MoCo CIFAR demo: 0.1).")
-    knn_every: int = option(1, "Run the kNN monitor every N epochs (and after the last).")
+    knn_k: int = option(200, "kNN monitor: neighbours (MoCo CIFAR demo: 200).", min=1)
+    knn_t: float = option(0.1, "kNN monitor: temperature (MoCo CIFAR demo: 0.1).", min=0, min_open=True)
+    knn_every: int = option(1, "Run the kNN monitor every N epochs (and after the last).", min=1)
 
     # ----------------------------------------------------------------------------- resolution
     def resolved(self) -> PretrainConfig:

@@ -132,7 +132,7 @@ def test_pretrain_config_file_reruns_a_run_and_options_override_single_fields(sy
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: many\n")
     r = run_cli(["pretrain", "--config", bad], expect_ok=False)
-    assert str(bad) in r.output and "epochs='many': expected int" in r.output
+    assert str(bad) in r.output and "epochs='many': expected an integer >= 1" in r.output
     bad.write_text("config:\n  epoch: 3\n")
     r = run_cli(["pretrain", "--config", bad], expect_ok=False)
     assert str(bad) in r.output and "unknown key 'epoch'" in r.output and "epochs" in r.output
@@ -170,3 +170,21 @@ def test_suite_config_file_says_what_the_comparison_is(synth, tmp_path, monkeypa
     spec.write_text("checkpoint: [random]\n")
     r = run_cli(["suite", "--config", spec], expect_ok=False)
     assert "unknown keys ['checkpoint']" in r.output and str(spec) in r.output
+
+
+def test_declared_ranges_refuse_bad_values_before_any_work_everywhere(synth, tmp_path):
+    """The reported cases (issue 19): a range declared once beside the field is checked for options, --set pairs
+    and config files alike, and names the option, the value and what was expected."""
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "p", "--image-size", "-3"], expect_ok=False)
+    assert r.exit_code == 2 and "--image-size" in r.output and "-3 is not in the range x>=8" in r.output
+    assert not (tmp_path / "p").exists()  # nothing started
+    for task, pair, expected in (("knn", "k=-5", "an integer >= 1"), ("linear", "epochs=0", "an integer >= 1"),
+                                 ("voc_seg", "lr=0", "a number > 0")):
+        r = run_cli(["transfer", "--task", task, "random", "--arch", "resnet18", "--data", synth, "--out",
+                     tmp_path / task, "--set", pair], expect_ok=False)
+        assert f"{pair.split('=')[0]}='{pair.split('=')[1]}': expected {expected}" in r.output, r.output
+        assert "Traceback" not in r.output and not (tmp_path / task).exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("moco_m: 1.5\n")
+    r = run_cli(["pretrain", "--config", bad], expect_ok=False)
+    assert str(bad) in r.output and "moco_m='1.5': expected a number >= 0 and <= 1" in r.output
