@@ -128,12 +128,24 @@ def read_checkpoint(path: str | Path) -> dict:
     return obj
 
 
+#: Globals a weights file never needs and a malicious pickle uses to run code: a file asking for one is refused
+#: without the advice to extract its weights (loading it fully would run that code).
+_CODE_RUNNING_MODULES = frozenset({"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil",
+                                   "socket", "importlib", "runpy", "pty", "code", "pickle", "marshal", "ctypes",
+                                   "webbrowser", "commands", "operator", "functools", "types"})
+
+
 def _torch_load(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found and found.group(1).split(".")[0] in _CODE_RUNNING_MODULES:
+            raise CheckpointError(
+                f"checkpoint {path} refused: it asks for {found.group(1)}, which runs code when the file is loaded; "
+                "nothing in it was run. mocobench loads only tensors and plain containers. Do not open this file "
+                "with torch.load(weights_only=False).") from None
         if found:
             raise CheckpointError(
                 f"checkpoint {path} needs full unpickling (it holds a Python object, {found.group(1)}); mocobench "

@@ -312,6 +312,30 @@ def test_a_torch_file_that_needs_full_unpickling_is_refused(tmp_path):
         read_checkpoint(path)
 
 
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_torch_file_that_would_run_code_is_refused_without_the_advice_to_load_it(tmp_path):
+    """Issue 19: torch's own message says to retry with weights_only=False, which would run the payload."""
+    path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+    obj = BUILDERS["torchvision"](_resnet())
+    obj["extra"] = _RunsCode(str(marker))
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "refused: it asks for posix.system, which runs code" in message and "nothing in it was run" in message
+    assert "Do not open this file with torch.load(weights_only=False)" in message
+    assert "python -c" not in message and not marker.exists()
+
+
 def test_legacy_torch_files_load(tmp_path):
     net = _resnet(seed=11)  # the 2020 MoCo releases predate torch's zip format
     path = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
