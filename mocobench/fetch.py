@@ -136,19 +136,33 @@ def download(url: str, dest: Path, md5: str | None, chunk: int = 1 << 16, timeou
     return dest
 
 
-def extract(archive: Path, into: Path) -> None:
-    """Extract a .tar/.tgz/.zip once (marker ``.<name>.extracted``); tar members outside ``into`` are refused."""
+#: The most an archive may unpack to (the largest catalogue archive, COCO train2017, unpacks to 19 GB): a bigger
+#: claim, or a decompression bomb, is refused before anything is written.
+MAX_UNPACKED_BYTES = 64 * 2**30
+
+
+def extract(archive: Path, into: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> None:
+    """Extract a .tar/.tgz/.zip once (marker ``.<name>.extracted``); tar members outside ``into`` are refused, and
+    so is an archive whose members add up to more than ``max_unpacked`` bytes (checked from the headers first)."""
     marker = into / f".{archive.name}.extracted"
     if marker.exists():
         return
     logger.info("extracting %s into %s", archive, into)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
+            _check_unpacked(archive, sum(i.file_size for i in z.infolist()), max_unpacked)
             z.extractall(into)
     else:
         with tarfile.open(archive) as t:
+            _check_unpacked(archive, sum(m.size for m in t.getmembers()), max_unpacked)
             t.extractall(into, filter="data")
     marker.touch()
+
+
+def _check_unpacked(archive: Path, total: int, limit: int) -> None:
+    if total > limit:
+        raise FetchError(f"{archive} would unpack to {total / 2**30:.2f} GiB, more than the limit of "
+                         f"{limit / 2**30:.2f} GiB (mocobench.fetch.MAX_UNPACKED_BYTES); nothing was extracted")
 
 
 def fetch(name: str, root: str | Path, mirror: str | None = None, keep_archives: bool = True) -> Path:

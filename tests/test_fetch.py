@@ -71,3 +71,30 @@ def test_cli_names_the_known_data_sets_and_uses_a_mirror(server, tmp_path):
     _, base = server  # the mirror serves no imagenette2.tgz: the URL built from --mirror is named
     r = run_cli(["data", "fetch", "imagenette", "--root", tmp_path, "--mirror", base], expect_ok=False)
     assert f"GET {base}/imagenette2.tgz answered HTTP 404" in r.output
+
+
+@pytest.mark.parametrize("kind", ["tgz", "zip"])
+def test_an_archive_that_unpacks_past_the_limit_is_refused_before_writing(tmp_path, kind):
+    """A decompression bomb in small: 64 MiB of zeros packs into ~64 KiB; with a 16 MiB limit nothing is written."""
+    import zipfile
+
+    from mocobench.fetch import extract
+
+    zeros = b"\0" * (64 << 20)
+    archive = tmp_path / f"bomb.{kind}"
+    if kind == "tgz":
+        with tarfile.open(archive, "w:gz") as t:
+            info = tarfile.TarInfo("zeros.bin")
+            info.size = len(zeros)
+            t.addfile(info, io.BytesIO(zeros))
+    else:
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("zeros.bin", zeros)
+    assert archive.stat().st_size < 1 << 20
+    into = tmp_path / "out"
+    into.mkdir()
+    with pytest.raises(FetchError, match=r"would unpack to 0.06 GiB, more than the limit of 0.02 GiB.*nothing was"):
+        extract(archive, into, max_unpacked=16 << 20)
+    assert list(into.iterdir()) == []
+    extract(archive, into, max_unpacked=128 << 20)  # under the limit: extracted as before
+    assert (into / "zeros.bin").stat().st_size == 64 << 20
