@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,19 @@ class ImageList:
 
 
 def _images_below(folder: Path, ignored: list[Path]) -> list[Path]:
-    found = []
-    for dirpath, _, files in os.walk(folder, followlinks=True):
+    """Image files under ``folder``, following symbolic links (a data set linked from elsewhere), but a folder
+    reached twice (a link loop, or two links to one folder) and a folder that cannot be read are errors."""
+
+    def unreadable(e: OSError) -> None:
+        raise DataError(f"cannot read the folder {e.filename} inside {folder}: {e.strerror}")
+
+    found, seen = [], {}
+    for dirpath, _, files in os.walk(folder, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise DataError(f"{dirpath} is {seen[real]} again (a symbolic link loop, or two links to one folder) "
+                            f"inside {folder}: remove the link, or the images would be listed twice")
+        seen[real] = dirpath
         for f in files:
             (found if f.lower().endswith(IMG_EXTENSIONS) else ignored).append(Path(dirpath) / f)
     return sorted(found)
@@ -122,7 +134,10 @@ def load_rgb(path: Path) -> Image.Image:
     """Decode an image as 8-bit RGB (grayscale, palette, CMYK and 16-bit files included: 16-bit values
     are scaled by 255/65535, not clipped); a file that cannot be decoded raises :class:`DataError`."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL only warns between 1x and 2x its pixel limit, then decodes: refuse
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             if im.mode.startswith("I;16"):
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255.0 / 65535.0) + 0.5).astype(np.uint8))
             return im.convert("RGB")

@@ -98,3 +98,53 @@ def test_bad_coco_annotations_are_named_or_counted(shared_data, tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         register_coco("mb_bad", _coco(tmp_path, shared_data, degenerate_and_outside), images)
     assert "1 boxes of zero area and 1 boxes reaching outside their image" in caplog.text
+
+
+@pytest.mark.parametrize("side", [(10000, 9000), (15000, 15000)])  # 1x-2x PIL's limit (it only warns), and past 2x
+def test_a_decompression_bomb_is_refused_by_name_without_decoding_it(tmp_path, side):
+    from PIL import Image
+
+    from mocobench.datasets import load_rgb
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", side).save(path)  # a few kB on disk, 270-675 MB as RGB
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(DataError, match=r"cannot decode image .*bomb.png: DecompressionBomb"):
+        load_rgb(path)
+
+
+def test_a_symlink_loop_in_a_data_folder_is_named_and_a_linked_data_set_still_works(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from mocobench.datasets import list_images
+
+    elsewhere = tmp_path / "store" / "a"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "data" / "b").mkdir(parents=True)
+    for folder in (elsewhere, tmp_path / "data" / "b"):
+        Image.new("RGB", (8, 8)).save(folder / "0.png")
+    os.symlink(elsewhere, tmp_path / "data" / "a")  # a class folder linked from elsewhere: followed
+    assert len(list_images(tmp_path / "data", labelled=True)) == 2
+    os.symlink(elsewhere, elsewhere / "loop")
+    with pytest.raises(DataError, match=r"data/a/loop is .*data/a again \(a symbolic link loop"):
+        list_images(tmp_path / "data", labelled=True)
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_decoded_and_logged(tmp_path, caplog):
+    import logging
+    import os
+
+    from PIL import Image
+
+    from mocobench.datasets import list_images, load_rgb
+
+    (tmp_path / "data" / "c").mkdir(parents=True)
+    raw = os.fsencode(tmp_path / "data" / "c") + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(raw.decode(errors="surrogateescape"))
+    images = list_images(tmp_path / "data", labelled=True)
+    assert len(images) == 1 and load_rgb(images.paths[0]).getpixel((0, 0)) == (200, 0, 0)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("mocobench").info("read %s", images.paths[0])  # logging such a name does not raise
+    assert "caf" in caplog.text
