@@ -147,6 +147,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     from mocobench.datasets import DataError
     from mocobench.evaluators.registry import TaskError
     from mocobench.pretrain.engine import TrainingInterrupted
+    from mocobench.results import ResultsError
     from mocobench.transfer.run import run_transfer
 
     shortcuts = {"data": data, "preset": preset, "num_procs": num_gpus, "num_machines": num_machines,
@@ -164,7 +165,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     try:
         run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load, feature_cache,
                      "float16" if feature_cache_fp16 else "float32")
-    except (TaskError, DataError, CheckpointError, TrainingInterrupted) as e:
+    except (TaskError, DataError, CheckpointError, TrainingInterrupted, ResultsError) as e:
         raise click.ClickException(str(e)) from e
 
 

@@ -8,6 +8,7 @@ container, part, tensors, dropped, stem, normalize, zoo} (:class:`~mocobench.che
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import asdict
@@ -48,7 +49,9 @@ def write_results(
     time_s: float,
     pretraining: str | None = None,
 ) -> Path:
-    """Write ``out/results.json``; ``pretraining`` overrides the method read from the checkpoint."""
+    """Write ``out/results.json``; ``pretraining`` overrides the method read from the checkpoint. A metric that is
+    not a finite number is an error (nothing is written): a NaN score is a failed run, not a result."""
+    check_metrics(metrics, f"task {task}'s results for {out}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -75,7 +78,17 @@ def read_results(path: str | Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ResultsError(f"results file {path} cannot be read: {e}") from e
-    version = record.get("schema_version")
+    version = record.get("schema_version") if isinstance(record, dict) else None
     if version != SCHEMA_VERSION:
         raise ResultsError(f"results file {path} has schema_version {version!r}; this mocobench reads {SCHEMA_VERSION}")
+    check_metrics(record.get("metrics"), f"results file {path}")
     return record
+
+
+def check_metrics(metrics: Any, where: str) -> None:
+    """``metrics`` must map names to finite numbers; otherwise :class:`ResultsError` naming ``where`` and the metric."""
+    if not isinstance(metrics, dict) or not metrics:
+        raise ResultsError(f"{where}: 'metrics' must be a non-empty mapping of name to number, got {metrics!r}")
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ResultsError(f"{where}: metric {name!r} is {value!r}; expected a finite number")

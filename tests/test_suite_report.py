@@ -274,3 +274,20 @@ def test_the_html_report_reads_well_in_headless_chromium_at_laptop_width(tmp_pat
     assert checks["green"] == 11 and checks["red"] == 11  # moco_v2 +2 and random -5 in every metric
     assert len(checks["imgs"]) == 3 and all(n > 0 and w > 200 and r <= checks["inner"] for n, w, r in checks["imgs"])
     assert checks["external"] == [], "the page fetches files"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "high", True, None])
+def test_a_results_file_with_a_metric_that_is_not_a_finite_number_is_named(tmp_path, bad):
+    _results(tmp_path / "runs", "sup", "knn", {"top1": 50.0, "top5": bad})
+    with pytest.raises(ResultsError, match=r"results file .*knn/results.json: metric 'top5' is .*expected a finite"):
+        write_report([tmp_path / "runs"], tmp_path / "report")
+
+
+def test_a_nan_score_is_never_written_as_a_result(tmp_path):
+    from mocobench.checkpoint import BackboneInfo
+    from mocobench.results import write_results
+
+    info = BackboneInfo("random", "random", "resnet18", "random", None, None)
+    with pytest.raises(ResultsError, match="metric 'mIoU' is nan; expected a finite number"):
+        write_results(tmp_path, "voc_seg", info, {"mIoU": float("nan")}, {}, 0, 1.0)
+    assert not (tmp_path / "results.json").exists()
