@@ -39,14 +39,15 @@ class DetectionConfig:
     norm: Literal["SyncBN", "naiveSyncBN", "BN"] = option(
         "naiveSyncBN", "Norm of backbone and heads (naiveSyncBN also works with several CPU processes).")
     preset: Literal["", "cpu-smoke"] = option("", "cpu-smoke: small images, few ROIs/proposals, 300 iterations.")
-    num_procs: int = option(1, "Processes per machine (one per GPU; gloo CPU processes without CUDA).")
-    num_machines: int = option(1, "Machines.")
-    machine_rank: int = option(0, "Rank of this machine.")
+    num_procs: int = option(1, "Processes per machine (one per GPU; gloo CPU processes without CUDA).", min=1)
+    num_machines: int = option(1, "Machines.", min=1)
+    machine_rank: int = option(0, "Rank of this machine.", min=0)
     dist_url: str = option("auto", "Rendezvous URL for several processes or machines.")
     device: str = option("auto", "auto, cpu or cuda.")
     resume: bool = option(False, "Resume from the last detectron2 checkpoint in the output folder.")
     eval_only: bool = option(False, "Only evaluate (the converted weights, or the last checkpoint with resume).")
-    repeats: int = option(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.")
+    repeats: int = option(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.",
+                          min=1)
     opts: tuple[str, ...] = option((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
 
 
