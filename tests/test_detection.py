@@ -211,3 +211,26 @@ def test_synthetic_detection_sets_score_ap_100_and_map_their_ids(tmp_path):
     (root / "voc" / "labels.txt").write_text("circle\ncircle\n")
     with pytest.raises(ValueError, match="labels.txt must list distinct class names"):
         register_data("voc_det", str(root / "voc"), "07")
+
+
+def test_a_coco_image_listed_twice_and_voc_objects_of_unknown_classes_are_named(shared_data, tmp_path, caplog):
+    from mocobench.datasets import DataError
+    from mocobench.transfer.detection import check_coco_annotations, register_data
+
+    data = json.loads((shared_data / "coco-mini" / "annotations" / "instances_val2017.json").read_text())
+    twice = {**data, "images": [*data["images"], {**data["images"][0], "file_name": "copy.jpg"}]}
+    with pytest.raises(DataError, match=rf"image id {data['images'][0]['id']} is listed twice"):
+        check_coco_annotations(tmp_path / "x.json", twice)
+    devkit = tmp_path / "voc"
+    shutil.copytree(shared_data / "voc-from-coco", devkit)
+    xml = sorted((devkit / "VOC2007" / "Annotations").glob("*.xml"))[0]
+    text = xml.read_text()
+    name = text.split("<name>")[1].split("</name>")[0]
+    xml.write_text(text.replace(f"<name>{name}</name>", "<name>unicorn</name>", 1))
+    with pytest.raises(DataError, match=rf"{xml.name}: object class 'unicorn' is not among the 20 classes"):
+        register_data("voc_det", str(devkit), "07")
+    xml.write_text(text.replace("<xmax>", "<xmax>9999", 1).replace("<xmax>9999", "<xmax>", 1)
+                   .replace("</xmax>", "0000</xmax>", 1))  # one box far past its image: counted, clipped later
+    with caplog.at_level("WARNING"):
+        register_data("voc_det", str(devkit), "07")
+    assert "boxes reaching outside their image" in caplog.text

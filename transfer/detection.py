@@ -104,7 +104,12 @@ def check_coco_annotations(json_file: Path, data: dict) -> None:
     outside their image are counted in the log: detectron2 clips boxes to the image and drops the empty
     ones when it builds each training batch."""
     cats = {c["id"] for c in data["categories"]}
-    images = {im["id"]: im for im in data.get("images", [])}
+    images = {}
+    for im in data.get("images", []):
+        if im.get("id") in images:
+            raise DataError(f"{json_file}: image id {im.get('id')!r} is listed twice ({images[im['id']].get('file_name')} "
+                            f"and {im.get('file_name')}); image ids must be unique")
+        images[im.get("id")] = im
     degenerate = outside = 0
     for ann in data.get("annotations", []):
         if ann.get("category_id") not in cats:
@@ -129,8 +134,36 @@ def _unregister(name: str) -> None:
         MetadataCatalog.remove(name)
 
 
+def check_voc_annotations(dirname: Path, split: str, classes: tuple[str, ...]) -> None:
+    """Every object of the split's XML files names one of ``classes`` (else an error naming the file and the
+    class, before detectron2 would fail inside its loader); boxes reaching outside their image are counted in
+    the log, as for COCO."""
+    import xml.etree.ElementTree as ET
+
+    outside = 0
+    for image_id in (dirname / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+        xml = dirname / "Annotations" / f"{image_id}.xml"
+        try:
+            root = ET.parse(xml).getroot()
+            w, h = (int(float(root.findtext(f"size/{k}", "0"))) for k in ("width", "height"))
+            for obj in root.iter("object"):
+                name = (obj.findtext("name") or "").strip()
+                if name not in classes:
+                    raise DataError(f"{xml}: object class {name!r} is not among the {len(classes)} classes "
+                                    f"({', '.join(classes)}; a custom set lists its own in labels.txt)")
+                box = [float(obj.findtext(f"bndbox/{k}", "nan")) for k in ("xmin", "ymin", "xmax", "ymax")]
+                outside += bool(w and h) and (box[0] < 1 or box[1] < 1 or box[2] > w or box[3] > h)
+        except (OSError, ET.ParseError, ValueError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{xml}: cannot read this VOC annotation ({type(e).__name__}: {e})") from e
+    if outside:
+        logger.warning("%s %s: %d boxes reaching outside their image; detectron2 clips them", dirname, split, outside)
+
+
 def register_voc(name: str, dirname: Path, split: str, year: int, classes: tuple[str, ...] = VOC_CLASSES) -> None:
     _check_file(dirname / "ImageSets" / "Main" / f"{split}.txt", "VOC split file")
+    check_voc_annotations(dirname, split, classes)
     _unregister(name)
     register_pascal_voc(name, str(dirname), split, year, classes)
     MetadataCatalog.get(name).set(evaluator_type="pascal_voc")
