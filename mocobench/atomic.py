@@ -34,3 +34,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be created or written; the message names it and the reason."""
+
+
+def writable_folder(path: str | Path) -> Path:
+    """Create ``path`` (parents too) and write and remove a probe file there, so that a folder that cannot hold
+    the outputs (read-only, under a file, on a full or missing disk) fails before any work; returns ``path``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".mocobench-write-test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputFolderError(f"cannot write to the output folder {path}: {e.strerror or e} (choose another --out, "
+                                "or make this one writable)") from e
+    return path

@@ -306,6 +306,12 @@ def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrid
                                                                               "feature_cache_fp16"))
     if not checkpoints or not out:
         raise click.UsageError("give the CHECKPOINTS and --out, on the command line or in --config FILE")
+    from mocobench.atomic import OutputFolderError, writable_folder
+
+    try:
+        writable_folder(out)
+    except OutputFolderError as e:
+        raise click.ClickException(str(e)) from e
     setup_logging()
     _run_then_report(
         lambda: run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch,

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import mocobench
 from mocobench import dist
+from mocobench.atomic import OutputFolderError, writable_folder
 from mocobench.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -402,7 +403,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     cfg.validate(world)
     out = Path(cfg.out)
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            writable_folder(out)  # before any work: a folder that cannot hold checkpoints is a bad --out
+        except OutputFolderError as e:
+            raise ConfigError(str(e)) from e
     dist.barrier()
     setup_logging(rank, out / "log.txt")
     resume_path = resolve_resume(cfg, out)

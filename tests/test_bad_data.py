@@ -148,3 +148,16 @@ def test_a_file_name_that_is_not_utf8_is_listed_decoded_and_logged(tmp_path, cap
     with caplog.at_level(logging.INFO):
         logging.getLogger("mocobench").info("read %s", images.paths[0])  # logging such a name does not raise
     assert "caf" in caplog.text
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(synth, tmp_path):
+    """--out under a regular file (as a read-only folder would, which root cannot be given here): one line naming
+    the folder, for pretrain, transfer and suite, and nothing started."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for args in (["pretrain", "--data", synth / "train", *TINY, "--out", blocker / "run"],
+                 ["transfer", "--task", "knn", "random", "--arch", "resnet18", "--data", synth, "--out", blocker / "knn"],
+                 ["suite", "random", "--arch", "resnet18", "--preset", "demo", "--out", blocker / "suite"]):
+        r = run_cli(args, expect_ok=False)
+        assert "Traceback" not in r.output and f"cannot write to the output folder {blocker}/" in r.output, r.output
+        assert "Not a directory" in r.output

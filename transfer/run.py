@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from mocobench import dist
+from mocobench.atomic import OutputFolderError, writable_folder
 from mocobench.checkpoint import LoadOptions, load_backbone, set_input_normalization
 from mocobench.evaluators.features import FeatureCache
 from mocobench.evaluators.registry import TaskContext, TaskError, get_task, tasks
@@ -71,7 +72,10 @@ def run_transfer(
                             "own processes with --num-gpus")
         # a long timeout: a process may wait while another fits its share of SVMs or a logistic regression
         dist.init_from_env(torch.cuda.is_available() and getattr(cfg, "device", "auto") != "cpu", timeout_minutes=600)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        writable_folder(out)  # before the checkpoint is read or any work starts
+    except OutputFolderError as e:
+        raise TaskError(str(e)) from e
     setup_logging(dist.get_rank(), out / "log.txt")
     backbone, info = load_backbone(checkpoint, arch=arch, seed=seed, options=load)
     if normalize:
