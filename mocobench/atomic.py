@@ -5,10 +5,16 @@ A crash at any moment leaves either the old file or the new one, never a partial
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be created or written; the message names it and the reason."""
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -22,6 +28,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("unexpected pos ...")
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(path.parent).free < 2**20
+        if not full:
+            raise
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OutputFolderError(f"no space left to write {path} ({free / 2**20:.1f} MiB free on its disk); "
+                                f"{'the previous file is intact' if path.exists() else 'nothing was written'}: free "
+                                "some space and run the same command again to resume") from e
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -34,10 +49,6 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-class OutputFolderError(ValueError):
-    """The output folder cannot be created or written; the message names it and the reason."""
 
 
 def writable_folder(path: str | Path) -> Path:

@@ -67,6 +67,7 @@ def pretrain(config_file, **options) -> None:
     Several processes:  torchrun --nproc_per_node 2 -m mocobench.cli pretrain ...
     Again, from a run's saved config:  mocobench pretrain --config runs/v2/config.yaml --out runs/v2-again
     """
+    from mocobench.atomic import OutputFolderError
     from mocobench.checkpoint import CheckpointError
     from mocobench.datasets import DataError
     from mocobench.pretrain.config import ConfigError
@@ -75,7 +76,7 @@ def pretrain(config_file, **options) -> None:
 
     try:
         run(PretrainConfig(**merge_config_file(config_file, PretrainConfig, options)))
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, OutputFolderError) as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -143,6 +144,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     """
     from pathlib import Path
 
+    from mocobench.atomic import OutputFolderError
     from mocobench.checkpoint import CheckpointError
     from mocobench.datasets import DataError
     from mocobench.evaluators.registry import TaskError
@@ -165,7 +167,7 @@ def transfer(checkpoint, task_name, data, out, overrides, arch, pretraining, see
     try:
         run_transfer(task_name, checkpoint, out, overrides, arch, pretraining, seed, overwrite, load, feature_cache,
                      "float16" if feature_cache_fp16 else "float32")
-    except (TaskError, DataError, CheckpointError, TrainingInterrupted, ResultsError) as e:
+    except (TaskError, DataError, CheckpointError, TrainingInterrupted, ResultsError, OutputFolderError) as e:
         raise click.ClickException(str(e)) from e
 
 

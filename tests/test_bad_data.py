@@ -161,3 +161,41 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_work(synth, tm
         r = run_cli(args, expect_ok=False)
         assert "Traceback" not in r.output and f"cannot write to the output folder {blocker}/" in r.output, r.output
         assert "Not a directory" in r.output
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (skipped where this machine does not allow mounting one, e.g. without root)."""
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_full_disk_names_the_file_and_the_free_space_and_keeps_the_previous_file(small_disk):
+    from mocobench.atomic import OutputFolderError, atomic_write
+
+    target = small_disk / "features.bin"
+    atomic_write(target, lambda f: f.write(b"x" * 100_000))
+    with pytest.raises(OutputFolderError, match=r"no space left to write .*features.bin \(\d+\.\d MiB free on its "
+                                                r"disk\); the previous file is intact"):
+        atomic_write(target, lambda f: f.write(b"y" * (5 << 20)))
+    assert target.read_bytes() == b"x" * 100_000
+    assert [p.name for p in small_disk.iterdir()] == ["features.bin"]  # no temporary left behind
+
+
+def test_pretraining_onto_a_full_disk_stops_with_one_line_and_runs_once_there_is_room(synth, small_disk):
+    import subprocess
+
+    args = ["pretrain", "--data", synth / "train", *TINY, "--epochs", "1", "--max-steps", "2", "--out", small_disk / "r"]
+    r = run_cli(args, expect_ok=False)
+    assert "no space left to write" in r.output and "checkpoint_last.pth" in r.output and "Traceback" not in r.output
+    assert not list((small_disk / "r").glob("*.pth")) and not list((small_disk / "r").glob(".*tmp*"))
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    run_cli(args)  # the same command, with room: it runs
+    assert (small_disk / "r" / "checkpoint_last.pth").exists()
