@@ -85,8 +85,6 @@ def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str
     device = str(dist.select_device(cfg.device).type)
     if cfg.norm == "SyncBN" and device == "cpu" and cfg.num_procs * cfg.num_machines > 1:
         raise TaskError("norm=SyncBN needs GPUs with several processes; use norm=naiveSyncBN on the CPU")
-    if cfg.repeats < 1:
-        raise TaskError(f"repeats must be at least 1, got {cfg.repeats}")
     splits = det.register_data(task, cfg.data, cfg.train_sets)
     weights = write_detectron2(torchvision_to_detectron2(ctx.backbone.state_dict()), ctx.out / "backbone_d2.pkl")
     runs = []

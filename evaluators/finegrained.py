@@ -216,8 +216,6 @@ def load_splits(cfg: FinegrainedConfig, transforms: dict[str, object]) -> dict[s
 @register("finegrained", FinegrainedConfig, "fine-grained transfer: many-shot logistic regression or fine-tuning",
           distributed=True)
 def run_finegrained(cfg: FinegrainedConfig, ctx: TaskContext) -> dict[str, float]:
-    if cfg.grid_size < 1:
-        raise TaskError(f"grid_size must be at least 1, got {cfg.grid_size}")
     device = dist.select_device(cfg.device)
     metric = cfg.resolved_metric()
     train_tf, test_tf = cfg.transforms()

@@ -65,8 +65,6 @@ DATASETS: dict[str, tuple[Resource, ...]] = {
     # sbd/benchmark_RELEASE, then converted into VOC2012's train_aug (needs voc2012 fetched into the same root)
     "sbd": (Resource(_SBD, "82b4d87ceb2ed10f6038a1cba92111cb", "sbd"),),
 }
-#: Work done after a data set's files are in place: ``name -> function(root)``.
-AFTER = {"sbd": "convert_sbd"}
 
 
 def digest(path: Path, algorithm: str = "md5") -> str:
@@ -170,26 +168,20 @@ def fetch(name: str, root: str | Path, mirror: str | None = None, keep_archives:
     (``<mirror>/<file name>``). Returns ``root``."""
     if name not in DATASETS:
         raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    if name in AFTER:  # check what the conversion needs before downloading anything
-        _ready_for(name, Path(root))
-    fetch_resources(DATASETS[name], root, mirror, keep_archives)
-    if name in AFTER:
-        from mocobench import segdata
-        from mocobench.datasets import DataError
+    if name != "sbd":
+        return fetch_resources(DATASETS[name], root, mirror, keep_archives)
+    from mocobench.datasets import DataError
+    from mocobench.segdata import convert_sbd, voc_root
 
-        try:
-            getattr(segdata, AFTER[name])(root)
-        except DataError as e:
-            raise FetchError(str(e)) from e
-    return Path(root)
-
-
-def _ready_for(name: str, root: Path) -> None:
-    from mocobench.segdata import voc_root
-
-    if name == "sbd" and voc_root(root, must=False) is None:
+    if voc_root(Path(root), must=False) is None:  # checked before anything is downloaded
         raise FetchError(f"sbd is converted into VOC 2012's train_aug, but {root} holds no VOCdevkit/VOC2012: run "
                          f"`mocobench data fetch voc2012 --root {root}` first")
+    fetch_resources(DATASETS[name], root, mirror, keep_archives)
+    try:
+        convert_sbd(root)
+    except DataError as e:
+        raise FetchError(str(e)) from e
+    return Path(root)
 
 
 def fetch_resources(resources: tuple[Resource, ...], root: str | Path, mirror: str | None = None,

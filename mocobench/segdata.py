@@ -194,13 +194,6 @@ def _voc(root: Path, split: str) -> SegSplit:
     return SegSplit(voc, split, VOC_SEG_CLASSES, tuple(images), tuple(labels), read_png_label)
 
 
-def _cityscapes_label(path: Path) -> np.ndarray:
-    lut = np.full(256, IGNORE, np.uint8)
-    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
-        lut[label_id] = train_id
-    return lut[read_png_label(path)]
-
-
 def _cityscapes(root: Path, split: str) -> SegSplit:
     images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
     if not images:
@@ -210,7 +203,9 @@ def _cityscapes(root: Path, split: str) -> SegSplit:
     labels = [root / "gtFine" / split / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
               for p in images]
     _existing(labels, f"gtFine *_gtFine_labelIds.png files of {split}")
-    return SegSplit(root, split, CITYSCAPES_CLASSES, tuple(images), tuple(labels), _cityscapes_label)
+    lut = np.full(256, IGNORE, np.uint8)
+    lut[list(CITYSCAPES_TRAIN_IDS)] = list(CITYSCAPES_TRAIN_IDS.values())
+    return SegSplit(root, split, CITYSCAPES_CLASSES, tuple(images), tuple(labels), _Remapped(read_png_label, lut))
 
 
 class CocoAsVoc:
@@ -289,15 +284,21 @@ TRAIN_SPLITS = {"voc": "train_aug", "cityscapes": "train", "coco": "train", "fol
 _READERS = {"voc": _voc, "cityscapes": _cityscapes, "coco": _coco, "folder": _folder}
 
 
-def load_split(root: str | Path, layout: str, split: str) -> SegSplit:
-    """Split ``split`` of the data under ``root`` in ``layout`` (``auto``: :func:`detect_layout`)."""
+def resolve_layout(root: str | Path, layout: str) -> str:
+    """``layout``, or for ``auto`` the one :func:`detect_layout` recognises; a missing folder or an unknown name is
+    an error."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"segmentation data folder {root} does not exist")
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in _READERS:
         raise DataError(f"unknown segmentation layout {layout!r}; expected auto or one of {', '.join(LAYOUTS)}")
-    return _READERS[layout](root, split)
+    return layout
+
+
+def load_split(root: str | Path, layout: str, split: str) -> SegSplit:
+    """Split ``split`` of the data under ``root`` in ``layout`` (``auto``: :func:`detect_layout`)."""
+    return _READERS[resolve_layout(root, layout)](Path(root), split)
 
 
 # ---------------------------------------------------------------------------------------------- transforms
