@@ -234,3 +234,45 @@ def test_a_coco_image_listed_twice_and_voc_objects_of_unknown_classes_are_named(
     with caplog.at_level("WARNING"):
         register_data("voc_det", str(devkit), "07")
     assert "boxes reaching outside their image" in caplog.text
+
+
+def test_sigterm_during_fine_tuning_saves_and_the_same_command_resumes(tmp_path):
+    """A real detectron2 run gets SIGTERM mid-training: it saves model_<iter>.pth after the current iteration,
+    ends with one message (no traceback), and the same command with --resume continues from the next iteration
+    to the end (issue 19)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mocobench.synth_det import SynthDetSpec, write_synthetic_detection
+
+    root = write_synthetic_detection(tmp_path / "d", SynthDetSpec(train=8, val=4, size=96))
+    out = tmp_path / "voc"
+    cmd = [sys.executable, "-m", "mocobench", "transfer", "random", "--arch", "resnet18", "--task", "voc_det",
+           "--data", str(root / "voc"), "--out", str(out), "--preset", "cpu-smoke", "--set", "head=FPN",
+           "--set", "train_sets=07", "--set", "SOLVER.MAX_ITER=400", "--set", "SOLVER.CHECKPOINT_PERIOD=1000",
+           "--set", "TEST.PRECISE_BN.NUM_ITER=2", "--set", "DATALOADER.NUM_WORKERS=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "d2" / "log.txt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and "Starting training from iteration 0" in log.read_text():
+            break
+        time.sleep(0.05)
+    time.sleep(3)  # a few iterations
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and "stopped after iteration" in output and "--resume" in output, output
+    last = (out / "d2" / "last_checkpoint").read_text().strip()
+    it = int(last.removeprefix("model_").removesuffix(".pth"))
+    assert 0 < it < 399 and (out / "d2" / last).is_file()
+    assert not (out / "results.json").exists()
+    saved = torch.load(out / "d2" / last, map_location="cpu", weights_only=False)  # our own file, just written
+    assert saved["iteration"] == it and "optimizer" in saved["trainer"]["_trainer"] and "LRScheduler" in saved["trainer"]["hooks"]
+    short = [c if c != "SOLVER.MAX_ITER=400" else f"SOLVER.MAX_ITER={it + 4}" for c in cmd]  # finish soon after
+    resumed = subprocess.run([*short, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Starting training from iteration {it + 1}" in log.read_text()
+    assert read_results(out / "results.json")["metrics"]["bbox_AP50"] >= 0

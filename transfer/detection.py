@@ -21,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_pascal_voc
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, launch
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.layers import get_norm
@@ -32,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from mocobench.datasets import DataError
 from mocobench.log import remove_handlers
+from mocobench.pretrain.engine import StopSignal, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 CONFIGS = Path(__file__).parent / "configs"
@@ -241,11 +242,41 @@ def build_cfg(task: str, config_file: str, weights: str, out: Path, depth: int,
     return cfg
 
 
+class SaveOnSignal(HookBase):
+    """SIGTERM or SIGINT during fine-tuning (a scheduler's preemption, Ctrl-C): after the current iteration,
+    every process agrees to stop (:func:`mocobench.dist.any_rank`), ``model_<iter>.pth`` is saved as detectron2's
+    ``PeriodicCheckpointer`` saves it (model, optimizer, scheduler, iteration; ``last_checkpoint`` names it),
+    and the run ends with :class:`TrainingInterrupted`. ``resume=True`` continues from the next iteration."""
+
+    def __init__(self, stop: StopSignal) -> None:
+        self.stop = stop
+
+    def after_step(self) -> None:
+        device = torch.device(self.trainer.cfg.MODEL.DEVICE if self.trainer.cfg.MODEL.DEVICE != "cuda"
+                              else f"cuda:{torch.cuda.current_device()}")
+        if not self.stop.requested(device):
+            return
+        it = self.trainer.iter
+        name = f"model_{it:07d}"
+        self.trainer.checkpointer.save(name, iteration=it)
+        raise TrainingInterrupted(f"stopped after iteration {it + 1} of {self.trainer.max_iter}; saved "
+                                  f"{Path(self.trainer.cfg.OUTPUT_DIR) / name}.pth. Run the same command with "
+                                  "--resume (--set resume=true; a suite resumes by itself) to continue from there")
+
+
+class _NotAnError(logging.Filter):
+    """detectron2's train loop logs every exception with its traceback; a requested stop is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TrainingInterrupted))
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose DDP wrapper passes no ``device_ids`` on the CPU (DDP rejects them there)."""
 
-    def __init__(self, cfg: CfgNode) -> None:  # DefaultTrainer.__init__, with the DDP call changed
+    def __init__(self, cfg: CfgNode, stop: StopSignal | None = None) -> None:  # DefaultTrainer's, DDP call changed
         TrainerBase.__init__(self)
+        self.stop = stop or StopSignal()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -261,6 +292,9 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> list:
+        return [*super().build_hooks(), SaveOnSignal(self.stop)]
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):
@@ -292,9 +326,16 @@ def _worker(cfg_yaml: str, task: str, data: str, train_sets: str, resume: bool, 
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         results = Trainer.test(cfg, model)
     else:
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=resume)
-        trainer.train()
+        loop_logger = logging.getLogger("detectron2.engine.train_loop")
+        quiet = _NotAnError()
+        loop_logger.addFilter(quiet)
+        try:
+            with StopSignal() as stop:
+                trainer = Trainer(cfg, stop)
+                trainer.resume_or_load(resume=resume)
+                trainer.train()
+        finally:
+            loop_logger.removeFilter(quiet)
         results = getattr(trainer, "_last_eval_results", {})
     if comm.is_main_process():
         (Path(cfg.OUTPUT_DIR) / METRICS_FILE).write_text(json.dumps(results, indent=2))
