@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from mocobench import dist
 from mocobench.convert import torchvision_to_detectron2, write_detectron2
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.layouts import NORMALIZATIONS
-from mocobench.options import option
+from mocobench.options import Rule, option
 
 logger = logging.getLogger(__name__)
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
@@ -28,7 +28,7 @@ class DetectionConfig:
     """detectron2 fine-tuning of the whole backbone; uppercase ``--set KEY=VALUE`` go to ``opts``."""
 
     data: str = option("", "COCO folder (annotations/instances_{train,val}2017.json, {train,val}2017/) or VOC devkit "
-                       "(VOC2007[, VOC2012]); empty: the $DETECTRON2_DATASETS layout.")
+                       "(VOC2007[, VOC2012]); empty: the $DETECTRON2_DATASETS layout.", exists="dir")
     head: Literal["C4", "FPN"] = option("C4", "R50-C4 with Res5ROIHeadsExtraNorm (the MoCo setup), or FPN.")
     schedule: Literal["1x", "2x"] = option(
         "2x", "COCO schedule: 2x (180k iterations, the MoCo paper's COCO rows: official coco_R_50_C4_2x.yaml) or 1x "
@@ -49,6 +49,9 @@ class DetectionConfig:
     repeats: int = option(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.",
                           min=1)
     opts: tuple[str, ...] = option((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
+
+    RULES: ClassVar = (Rule(("machine_rank", "num_machines"), lambda c: c.machine_rank < c.num_machines,
+                            "machine_rank below num_machines (ranks 0 .. num_machines - 1)"),)
 
 
 #: Config fields that do not apply to a task (left out of the report's protocol table and config hash).

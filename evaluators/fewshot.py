@@ -110,11 +110,12 @@ def run_episodes(feats: torch.Tensor, labels: torch.Tensor, ways: int, shots: in
 class FewshotConfig:
     """Few-shot protocol settings; defaults are ssl-transfer's (see the module docstring)."""
 
-    data: str = option("", "A folder of class folders, or a root holding --split.")
+    data: str = option("", "A folder of class folders, or a root holding --split.", exists="dir")
     split: str = option("all", "Images the episodes draw from: all (the split folders under --data together, as "
                         "ssl-transfer concatenates them; or --data itself when it holds the class folders), or a split.")
     ways: int = option(5, "Classes per episode (ssl-transfer few_shot.py: 5).", min=1)
-    shots: tuple[int, ...] = option((5, 20, 50), "Support images per class; one result per value (CD-FSL: 5, 20, 50).")
+    shots: tuple[int, ...] = option((5, 20, 50), "Support images per class; one result per value (CD-FSL: 5, 20, 50).",
+                                  min=1)
     queries: int = option(15, "Query images per class and episode (ssl-transfer: 15).", min=1)
     episodes: int = option(600, "Episodes per shot count (ssl-transfer: 600).", min=1)
     image_size: int = option(224, "Centre-crop size (after the square resize to size*257/224).", min=8)

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from mocobench.datasets import (
 )
 from mocobench.evaluators.features import extract_features, feature_key, frozen_features, resnet_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
-from mocobench.options import option
+from mocobench.options import Rule, option
 from mocobench.pretrain.augment import (
     eval_transform,
     ssl_transfer_eval_transform,
@@ -88,7 +88,8 @@ GRID_ORDER = "ascending wd (C = 1/wd from large to small); ties keep the first, 
 
 @dataclass
 class FinegrainedConfig:
-    data: str = option("", "Folder with {train, valid|val, test}/<class>/*, or the root of a torchvision data set.")
+    data: str = option("", "Folder with {train, valid|val, test}/<class>/*, or the root of a torchvision data set.",
+                       exists="dir")
     dataset: Literal["folder", "flowers102", "pets", "aircraft", "cars", "dtd", "food101", "cifar10", "cifar100"] = option(
         "folder", "Layout of --data (torchvision sets are read without downloading).")
     on_bad_image: OnBadImage = on_bad_image_option()
@@ -110,16 +111,19 @@ class FinegrainedConfig:
     val_fraction: float = option(0.2, "Share of train held out as val when the data set has no val split (ssl-transfer: 0.2).", min=0, max=1, min_open=True, max_open=True)
     split_seed: int = option(0, "Seed of that held-out split (ssl-transfer: random_seed 0, a NumPy shuffle).", min=0)
     ft_lrs: tuple[float, ...] = option(
-        (0.1, 0.01, 0.001, 0.0001), "finetune: learning rates searched (ssl-transfer: logspace(-4, -1, 4), descending).")
+        (0.1, 0.01, 0.001, 0.0001), "finetune: learning rates searched (ssl-transfer: logspace(-4, -1, 4), descending).",
+        min=0, min_open=True)
     ft_wds: tuple[float, ...] = option(
         (0.0, 1e-6, 1e-5, 1e-4, 1e-3), "finetune: weight decays searched, each divided by the lr "
-        "(ssl-transfer: 0 and logspace(-6, -3, 4)).")
+        "(ssl-transfer: 0 and logspace(-6, -3, 4)).", min=0)
     ft_steps: int = option(5000, "finetune: SGD steps per grid point and for the refit (ssl-transfer: 5000; Kornblith: 20000).", min=1)
     ft_batch_size: int = option(64, "finetune: batch size (ssl-transfer: 64; Kornblith: 256).", min=1)
     batch_size: int = option(64, "Feature-extraction batch size.", min=1)
     workers: int = option(4, "Data-loading workers.", min=0)
     amp: Literal["fp32", "bf16"] = option("fp32", "Feature extraction precision (linear protocol): fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
+
+    RULES: ClassVar = (Rule(("wd_min", "wd_max"), lambda c: c.wd_min <= c.wd_max, "wd_min <= wd_max (log10 ends of the grid)"),)
 
     def resolved_metric(self) -> str:
         """The metric that selects and heads the results: ``metric``, or the data set's for ``auto``."""

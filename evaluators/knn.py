@@ -24,6 +24,7 @@ from mocobench.checkpoint import load_projection_head
 from mocobench.datasets import (
     DataError,
     ImageDataset,
+    ImageList,
     OnBadImage,
     eval_split,
     list_images,
@@ -123,6 +124,14 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return res
 
 
+def check_k(k: int, bank: ImageList, option: str) -> None:
+    """``k`` neighbours need a bank of at least ``k`` images (a larger k would silently become the bank size:
+    another protocol). Checked once the bank is listed, before any image is read."""
+    if k > len(bank):
+        raise DataError(f"{option}={k} is larger than the kNN bank: {bank.root} holds {len(bank)} images; pass "
+                        f"{option} {len(bank)} or fewer (the InstDisc protocol: 200 of ImageNet's 1.28M)")
+
+
 class KnnEvaluator:
     """Weighted kNN of a labelled query folder against a labelled bank folder.
 
@@ -139,6 +148,7 @@ class KnnEvaluator:
         query = list_images(query_dir, labelled=True, on_bad_image=on_bad_image)
         if bank.classes != query.classes:
             raise DataError(f"kNN: the classes of {bank_dir} and {query_dir} differ")
+        check_k(k, bank, "--knn-k")
         self.num_classes = len(bank.classes)
         tf = eval_transform(image_size)
         self.bank_loader, self.query_loader = (
@@ -165,7 +175,7 @@ class KnnConfig:
     head (128-d for MoCo), the embedding InstDisc's kNN numbers and the MoCo CIFAR demo score.
     """
 
-    data: str = option("", "Root with a train split and a val (or test) split.")
+    data: str = option("", "Root with a train split and a val (or test) split.", exists="dir")
     train_split: str = option("train", "Bank split under --data.")
     val_split: str = option("", "Scored split under --data (default: val, else test).")
     image_size: int = option(224, "Centre-crop size (after resizing to size*256/224).", min=8)
@@ -191,6 +201,7 @@ def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
     query_images = list_images(eval_split(root, cfg.val_split), labelled=True, on_bad_image=cfg.on_bad_image)
     if bank_images.classes != query_images.classes:
         raise DataError(f"kNN: the classes of {bank_images.root} and {query_images.root} differ")
+    check_k(cfg.k, bank_images, "--set k")
     t0 = time.perf_counter()
     device = dist.select_device(cfg.device)
     head = load_projection_head(ctx.info.source).to(device) if cfg.features == "head" else None

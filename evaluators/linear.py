@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ from mocobench.evaluators.features import autocast, feature_key, frozen_features
 from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.metrics import MetricsWriter
-from mocobench.options import option
+from mocobench.options import Rule, option
 from mocobench.pretrain.augment import eval_transform, linear_train_transform
 from mocobench.pretrain.schedule import lr_at_epoch
 
@@ -70,14 +70,15 @@ STATE_FILE = "linear_last.pth"
 class LinearConfig:
     """Linear protocol settings; defaults are main_lincls.py's."""
 
-    data: str = option("", "Root with a train split and a val (or test) split of class folders.")
+    data: str = option("", "Root with a train split and a val (or test) split of class folders.", exists="dir")
     train_split: str = option("train", "Training split under --data.")
     val_split: str = option("", "Evaluation split under --data (default: val, else test).")
     on_bad_image: OnBadImage = on_bad_image_option()
     mode: Literal["faithful", "cached"] = option("faithful", "faithful (images every epoch) or cached (features once).")
     epochs: int = option(100, "Training epochs.", min=1)
     lr: float = option(30.0, "Learning rate per 256 images (used: lr * batch_size / 256).", min=0, min_open=True)
-    lr_milestones: tuple[int, ...] = option((), "Epochs of the x0.1 steps (default: 60% and 80% of --epochs: 60, 80).")
+    lr_milestones: tuple[int, ...] = option((), "Epochs of the x0.1 steps (default: 60% and 80% of --epochs: 60, 80).",
+                                            min=1, increasing=True)
     momentum: float = option(0.9, "SGD momentum.", min=0, max=1, max_open=True)
     weight_decay: float = option(0.0, "SGD weight decay.", min=0)
     batch_size: int = option(256, "Batch size.", min=1)
@@ -90,6 +91,12 @@ class LinearConfig:
     stop_at: int = option(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.", min=0)
     tensorboard: bool = option(True, "Also write the per-epoch loss and val top-1 (<out>/metrics.jsonl) as TensorBoard "
                                "events to <out>/tensorboard.")
+
+    RULES: ClassVar = (
+        Rule(("lr_milestones", "epochs"), lambda c: all(m < c.epochs for m in c.lr_milestones),
+             "every milestone an epoch before the last (1 <= milestone < epochs)"),
+        Rule(("stop_at", "epochs"), lambda c: c.stop_at <= c.epochs, "stop_at at most epochs (0: run to the end)"),
+    )
 
 
 #: Settings that may differ between a faithful run and its resumption.

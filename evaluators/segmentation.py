@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from mocobench.datasets import EpochBatchSampler
 from mocobench.evaluators.features import autocast
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.metrics import MetricsWriter
-from mocobench.options import option
+from mocobench.options import Rule, option
 from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.segdata import (
     IGNORE,
@@ -77,7 +77,7 @@ class SegConfig:
     """The FCN protocol; the defaults are the paper's VOC setting (``cityscapes_seg``: its Cityscapes one)."""
 
     data: str = option("", "VOCdevkit (or VOC2012), a Cityscapes folder, a COCO folder (classes mapped to VOC), or "
-                       "a folder with images/, labels/, classes.txt and {train,val}.txt.")
+                       "a folder with images/, labels/, classes.txt and {train,val}.txt.", exists="dir")
     dataset: Literal["auto", "voc", "cityscapes", "coco", "folder"] = option(
         "auto", "Layout of --data (auto: recognised from its files).")
     train_split: str = option("", "Training split; empty: the layout's standard (VOC train_aug, the paper's; "
@@ -92,9 +92,11 @@ class SegConfig:
     momentum: float = option(0.9, "SGD momentum (SlotCon: optimizer momentum 0.9; the paper does not name it).", min=0, max=1, max_open=True)
     weight_decay: float = option(1e-4, "Weight decay on every parameter (paper: 0.0001).", min=0)
     steps: tuple[float, ...] = option((0.7, 0.9), "lr x0.1 at these fractions of the iterations (paper: 70% and 90%; "
-                                      "SlotCon: step=[21000, 27000] of 30000).")
+                                      "SlotCon: step=[21000, 27000] of 30000).",
+                                      min=0, max=1, min_open=True, increasing=True)
     crop_size: int = option(513, "Square training crop (paper: 513 on VOC, 769 on Cityscapes).", min=16)
-    scale_range: tuple[float, ...] = option((0.5, 2.0), "Random scale of the training images (paper: 0.5-2.0).")
+    scale_range: tuple[float, ...] = option((0.5, 2.0), "Random scale of the training images (paper: 0.5-2.0).",
+                                            min=0, min_open=True)
     test_scale: float = option(1.0, "Scale of the test images before the network (paper: 1, the original size); the "
                                "predictions are scored at the original size either way.", min=0, min_open=True)
     head_channels: int = option(256, "Channels of the head's 3x3 convolutions (paper: 256).", min=1)
@@ -114,6 +116,13 @@ class SegConfig:
     stop_at: int = option(0, "Stop after this iteration without results (resume later); 0 = run to the end.", min=0)
     workers: int = option(4, "Data-loading workers per process.", min=0)
     device: str = option("auto", "auto, cpu or cuda.")
+
+    RULES: ClassVar = (
+        Rule(("scale_range",), lambda c: len(c.scale_range) == 2 and c.scale_range[0] <= c.scale_range[1],
+             "two scales MIN,MAX with MIN <= MAX"),
+        Rule(("stop_at", "iterations"), lambda c: c.stop_at <= c.iterations,
+             "stop_at at most iterations (0: run to the end)"),
+    )
 
 
 @dataclass
@@ -229,16 +238,10 @@ def seg_scores(conf: torch.Tensor, classes: tuple[str, ...]) -> dict:
 # ---------------------------------------------------------------------------------------------- run
 
 def _check(cfg: SegConfig, world: int) -> None:
-    """What the fields' declared ranges cannot say: relations to the processes, and the number lists."""
-    problems = []
+    """What the config cannot say alone (its fields' ranges and RULES are checked before): the relation to the
+    number of processes."""
     if cfg.batch_size % world:
-        problems.append(f"batch_size={cfg.batch_size} (global) must be a multiple of the {world} processes")
-    if len(cfg.scale_range) != 2 or not 0 < cfg.scale_range[0] <= cfg.scale_range[1]:
-        problems.append(f"scale_range must be two numbers 0 < min <= max, got {cfg.scale_range}")
-    if any(not 0 < s <= 1 for s in cfg.steps):
-        problems.append(f"steps are fractions of the iterations in (0, 1], got {cfg.steps}")
-    if problems:
-        raise TaskError("; ".join(problems))
+        raise TaskError(f"batch_size={cfg.batch_size} (global) must be a multiple of the {world} processes")
 
 
 def milestones(cfg: SegConfig) -> tuple[int, ...]:

@@ -186,19 +186,20 @@ def class_ap(model, x: np.ndarray, labels: np.ndarray, ap_fn) -> float:
 class Voc07SvmConfig:
     """VOC07 SVM settings; defaults are FAIR's (see the module docstring)."""
 
-    data: str = option("", "VOC devkit folder holding VOC2007 (or the VOC2007 folder itself).")
+    data: str = option("", "VOC devkit folder holding VOC2007 (or the VOC2007 folder itself).", exists="dir")
     train_set: str = option("trainval", "ImageSets/Main list the SVMs are trained on.")
     test_set: str = option("test", "ImageSets/Main list they are scored on.")
     image_size: int = option(224, "Squash size (after resizing the short side to size*256/224).", min=8)
     pool: Literal["fair", "global"] = option("fair", "fair: res5 average-pooled with kernel 6, stride 1 (8192-d at "
                                                      "224 px, FAIR); global: the 2048-d global average.")
-    costs: tuple[float, ...] = option(FAIR_COSTS, "SVM costs C (FAIR: 1e-7..100 and 2^-4..2^-19).")
+    costs: tuple[float, ...] = option(FAIR_COSTS, "SVM costs C (FAIR: 1e-7..100 and 2^-4..2^-19).", min=0,
+                                     min_open=True)
     cv_folds: int = option(3, "Folds of the cost selection (FAIR: 3).", min=2)
     max_iter: int = option(2000, "LinearSVC max_iter (FAIR: 2000).", min=1)
     ap: Literal["all_points", "voc07_11point"] = option("all_points", "Test AP: FAIR's all-points interpolated AP, "
                                                                       "or the VOC07 11-point AP.")
     low_shot: bool = option(False, "Also run the low-shot variant (k = 1..96 per class, 5 samples).")
-    low_shot_k: tuple[int, ...] = option(LOW_SHOT_K, "Low-shot positives per class.")
+    low_shot_k: tuple[int, ...] = option(LOW_SHOT_K, "Low-shot positives per class.", min=1)
     low_shot_samples: int = option(5, "Low-shot samples per k.", min=1)
     batch_size: int = option(256, "Feature-extraction batch size.", min=1)
     workers: int = option(4, "Data-loading workers.", min=0)

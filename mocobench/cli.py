@@ -11,6 +11,8 @@ import click
 
 from mocobench.options import config_file_pairs, dataclass_options, merge_config_file, read_config_file
 from mocobench.pretrain.config import PretrainConfig
+from mocobench.suite import PRESETS as SUITE_PRESETS
+from mocobench.sweep import SWEEPS as SWEEP_NAMES
 
 logger = logging.getLogger("mocobench")
 
@@ -112,16 +114,16 @@ def load_options(fn):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task config field.")
 @click.option("--arch", default=None, help="Required for 'random'; checked against the checkpoint otherwise.")
 @click.option("--pretraining", default=None, help="Name of the pretraining in results (default: from the checkpoint).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--overwrite", is_flag=True, help="Replace an existing results.json in --out.")
 @click.option("--preset", default=None, help="Detection: a preset of the task (cpu-smoke).")
-@click.option("--num-gpus", type=int, default=None, help="Detection: processes per machine (GPUs; CPU processes without CUDA).")
-@click.option("--num-machines", type=int, default=None, help="Detection: machines.")
-@click.option("--machine-rank", type=int, default=None, help="Detection: rank of this machine.")
+@click.option("--num-gpus", type=click.IntRange(min=1), default=None, help="Detection: processes per machine (GPUs; CPU processes without CUDA).")
+@click.option("--num-machines", type=click.IntRange(min=1), default=None, help="Detection: machines.")
+@click.option("--machine-rank", type=click.IntRange(min=0), default=None, help="Detection: rank of this machine.")
 @click.option("--dist-url", default=None, help="Detection: rendezvous URL.")
 @click.option("--resume", is_flag=True, default=None, help="Detection: resume the last detectron2 checkpoint.")
 @click.option("--eval-only", is_flag=True, default=None, help="Detection: evaluate only.")
-@click.option("--repeats", type=int, default=None, help="Detection: runs with consecutive seeds (mean and std).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Detection: runs with consecutive seeds (mean and std).")
 @click.option("--feature-cache", default=None, type=click.Path(file_okay=False),
               help="Frozen-feature cache folder (default: OUT/feature_cache); share it between runs of one checkpoint.")
 @click.option("--feature-cache-fp16", is_flag=True, help="Store cached features in float16 (half the disk).")
@@ -275,7 +277,8 @@ def _suite_file(path: str, options: dict) -> dict:
               help="Suite file (YAML): checkpoints, out, preset, tasks, data_root, arch, set, report, baseline; "
               "options given here win. Keep it beside the report: it says what the comparison is.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Suite folder: OUT/<label>/<task>/.")
-@click.option("--preset", default="cpu-small", show_default=True, help="Task list: cpu-small, demo or paper.")
+@click.option("--preset", default="cpu-small", show_default=True, type=click.Choice(SUITE_PRESETS),
+              help="Task list: cpu-small, demo or paper.")
 @click.option("--tasks", default="", help="Comma-separated subset of the preset's tasks.")
 @click.option("--data-root", default=".", show_default=True, help="Folder holding the preset's data folders.")
 @click.option("--arch", default=None, help="Architecture of 'random' (checked against the other checkpoints).")
@@ -309,20 +312,23 @@ def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrid
     if not checkpoints or not out:
         raise click.UsageError("give the CHECKPOINTS and --out, on the command line or in --config FILE")
     from mocobench.atomic import OutputFolderError, writable_folder
+    from mocobench.suite import check_suite
 
+    task_names = tuple(t for t in tasks.split(",") if t)
     try:
+        check_suite(list(checkpoints), preset, task_names, data_root, overrides)  # before any folder or work
         writable_folder(out)
-    except OutputFolderError as e:
+    except (SuiteError, OutputFolderError) as e:
         raise click.ClickException(str(e)) from e
     setup_logging()
     _run_then_report(
-        lambda: run_suite(list(checkpoints), out, preset, tuple(t for t in tasks.split(",") if t), data_root, arch,
+        lambda: run_suite(list(checkpoints), out, preset, task_names, data_root, arch,
                           overrides, load, "float16" if feature_cache_fp16 else "float32"),
         SuiteError, out, report_dir or Path(out) / "report", baseline)
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", type=click.Choice(SWEEP_NAMES))
 @dataclass_options(PretrainConfig, exclude=("out", "resume"))
 @click.option("--out", "sweep_out", required=True, help="Sweep folder: one sub-folder per point, and report/.")
 @click.option("--knn-data", required=True, help="Root of the kNN task run on every point (train + val splits).")
@@ -380,16 +386,16 @@ def data() -> None:
 @click.option("--what", type=click.Choice(["all", "classification", "detection", "segmentation"]), default="all",
               show_default=True, help="classification: OUT/classification/{train,val}; detection: OUT/coco and OUT/voc; "
               "segmentation: OUT/segmentation (images/, labels/, classes.txt, train.txt, val.txt).")
-@click.option("--classes", default=10, show_default=True, help="Number of classes (at most 10).")
-@click.option("--train-per-class", default=60, show_default=True)
-@click.option("--val-per-class", default=20, show_default=True)
-@click.option("--test-per-class", default=20, show_default=True)
-@click.option("--size", default=64, show_default=True, help="Image side in pixels (classification).")
-@click.option("--det-train", default=120, show_default=True, help="Detection training images.")
-@click.option("--det-val", default=40, show_default=True, help="Detection validation images.")
-@click.option("--seg-train", default=120, show_default=True, help="Segmentation training images.")
-@click.option("--seg-val", default=40, show_default=True, help="Segmentation validation images.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--classes", default=10, show_default=True, type=click.IntRange(1, 10), help="Number of classes (at most 10).")
+@click.option("--train-per-class", default=60, show_default=True, type=click.IntRange(min=1))
+@click.option("--val-per-class", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--test-per-class", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", default=64, show_default=True, type=click.IntRange(min=16), help="Image side in pixels (classification).")
+@click.option("--det-train", default=120, show_default=True, type=click.IntRange(min=1), help="Detection training images.")
+@click.option("--det-val", default=40, show_default=True, type=click.IntRange(min=1), help="Detection validation images.")
+@click.option("--seg-train", default=120, show_default=True, type=click.IntRange(min=1), help="Segmentation training images.")
+@click.option("--seg-val", default=40, show_default=True, type=click.IntRange(min=1), help="Segmentation validation images.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def data_synth(out: str, what: str, classes: int, train_per_class: int, val_per_class: int, test_per_class: int,
                size: int, det_train: int, det_val: int, seg_train: int, seg_val: int, seed: int) -> None:
     """Write the deterministic synthetic data sets under OUT (no download needed)."""

@@ -8,18 +8,40 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import click
 
 
 def option(default, help: str, *, min=None, max=None, min_open: bool = False, max_open: bool = False,  # noqa: A002
-           **metadata):
-    """A dataclass field that is also a CLI option / ``--set`` / config-file key: its default, its help text and,
-    for numbers, the range it accepts (``min``/``max``, inclusive unless ``*_open``), declared once here and
-    checked by click for the command line, ``--set`` pairs and config files alike."""
+           increasing: bool = False, exists: Literal["dir", "file"] | None = None, **metadata):
+    """A dataclass field that is also a CLI option / ``--set`` / config-file key: its default, its help text and
+    what it accepts, declared once here and checked by click for the command line, ``--set`` pairs and config
+    files alike, and by :func:`check_config` for configs built in Python.
+
+    ``min``/``max``: the range of a number, or of every item of a list of numbers (inclusive unless ``*_open``);
+    ``increasing``: a list's items strictly increase; ``exists``: a non-empty value names an existing folder or
+    file. Relations between fields are :class:`Rule` s in the config class's ``RULES``."""
     if min is not None or max is not None:
         metadata["range"] = (min, max, min_open, max_open)
+    if increasing:
+        metadata["increasing"] = True
+    if exists:
+        metadata["exists"] = exists
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A relation between fields of a config that the fields' own ranges cannot say (``k`` no larger than
+    the bank, milestones inside the epochs), declared in the config class's ``RULES`` tuple: ``holds(cfg)``
+    must be true; ``expected`` says what is expected, naming the fields."""
+
+    fields: tuple[str, ...]
+    holds: Callable[[Any], bool]
+    expected: str
 
 
 def _unwrap_optional(tp):
@@ -31,23 +53,40 @@ def _unwrap_optional(tp):
 
 
 class NumberTuple(click.ParamType):
-    """Comma-separated numbers of one type, e.g. ``120,160`` (int) or ``0.1,0.01`` (float)."""
+    """Comma-separated numbers of one type, e.g. ``120,160`` (int) or ``0.1,0.01`` (float); ``bounds`` (a
+    declared range, :func:`option`) applies to every item; ``increasing``: the items strictly increase."""
 
-    def __init__(self, item: type = int) -> None:
-        self.item = item
+    def __init__(self, item: type = int, bounds=None, increasing: bool = False) -> None:
+        self.item, self.bounds, self.increasing = item, bounds, increasing
         self.name = f"{item.__name__.upper()},{item.__name__.upper()},..."
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return tuple(self.item(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of {self.item.__name__} values", param, ctx)
+        if isinstance(value, tuple | list):
+            items = tuple(value)
+        else:
+            try:
+                items = tuple(self.item(v) for v in str(value).split(",") if v.strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a comma-separated list of {self.item.__name__} values", param, ctx)
+        if self.bounds is not None:
+            check = click_type(self.item, {"range": self.bounds})
+            for v in items:
+                try:
+                    check.convert(v, None, None)
+                except click.BadParameter:
+                    self.fail(f"item {v} of {value!r} is not {describe_range(self.item, self.bounds)}", param, ctx)
+        if self.increasing and any(b <= a for a, b in zip(items, items[1:], strict=False)):
+            self.fail(f"{value!r} does not strictly increase", param, ctx)
+        return items
 
 
 def describe_range(tp, bounds) -> str:
-    """``an integer >= 1``, ``a number > 0 and <= 1``: what a declared range accepts ('' without one)."""
+    """``an integer >= 1``, ``a number > 0 and <= 1``: what a declared range accepts ('' without one); for a
+    list, ``comma-separated numbers, each ...``."""
+    if typing.get_origin(tp) is tuple:
+        item = describe_range(typing.get_args(tp)[0], bounds)
+        return f"comma-separated {typing.get_args(tp)[0].__name__} values" + (
+            f", each {item.split(' ', 2)[2]}" if item else "")
     if bounds is None:
         return ""
     lo, hi, lo_open, hi_open = bounds
@@ -66,6 +105,8 @@ def click_type(tp, metadata=None) -> click.ParamType | type:
         return cls(min=lo, max=hi, min_open=lo_open, max_open=hi_open)
     if typing.get_origin(tp) is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(tp)])
+    if typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float):
+        return NumberTuple(typing.get_args(tp)[0], bounds, bool((metadata or {}).get("increasing")))
     if typing.get_origin(tp) is tuple:
         return NumberTuple(typing.get_args(tp)[0])
     if tp is bool:
@@ -100,6 +141,45 @@ def apply_overrides(cfg, pairs: list[str] | tuple[str, ...]):
             expected = describe_range(tp, fields[key].metadata.get("range")) or getattr(ptype, "__name__", ptype)
             raise click.BadParameter(f"{key}={value!r}: expected {expected} ({e})", param_hint="--set") from e
     return dataclasses.replace(cfg, **changes)
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+def check_config(cfg, flags: bool = False) -> None:
+    """Check every field of dataclass ``cfg`` against what it declares (:func:`option`: type, range, choices,
+    increasing lists, existing paths), then the class's ``RULES``; before any work starts. Raises
+    ``click.BadParameter`` naming the field (``--name`` when ``flags``), the value and what was expected.
+    Values from the command line, ``--set`` and config files were converted already; this also covers
+    configs built in Python (the sweep's points, the library API) and the relations between fields."""
+    hints = typing.get_type_hints(type(cfg))
+
+    def name(field: str) -> str:
+        return "--" + field.replace("_", "-") if flags else field
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        ptype = click_type(tp, f.metadata)
+        if isinstance(ptype, click.ParamType) and ptype is not click.BOOL:
+            try:
+                ptype.convert(value if isinstance(ptype, NumberTuple) else str(value) if isinstance(
+                    ptype, click.Choice) else value, None, None)
+            except click.BadParameter as e:
+                raise click.BadParameter(f"{name(f.name)}={_shown(value)}: {e.message}") from e
+        kind = f.metadata.get("exists")
+        if kind and value and not (Path(value).is_dir() if kind == "dir" else Path(value).is_file()):
+            what = "no such folder" if kind == "dir" else "no such file"
+            if Path(value).exists():
+                what = f"expected a {'folder' if kind == 'dir' else 'file'}"
+            raise click.BadParameter(f"{name(f.name)}={value}: {what}")
+    for rule in getattr(type(cfg), "RULES", ()):
+        if not rule.holds(cfg):
+            given = ", ".join(f"{name(k)}={_shown(getattr(cfg, k))}" for k in rule.fields)
+            raise click.BadParameter(f"{given}: expected {rule.expected}")
 
 
 def dataclass_options(cls, exclude: tuple[str, ...] = (), enforce_required: bool = True) -> Callable:

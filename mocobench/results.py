@@ -13,11 +13,13 @@ import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mocobench
 from mocobench.atomic import atomic_write_text
-from mocobench.checkpoint import BackboneInfo
+
+if TYPE_CHECKING:  # the checkpoint reader (torchvision) is not needed to read or write results
+    from mocobench.checkpoint import BackboneInfo
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"

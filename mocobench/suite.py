@@ -12,10 +12,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mocobench.checkpoint import LoadOptions
 from mocobench.log import setup_logging
 from mocobench.results import RESULTS_FILE
+
+if TYPE_CHECKING:
+    from mocobench.checkpoint import LoadOptions
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +117,56 @@ def split_overrides(pairs: tuple[str, ...], specs: tuple[TaskSpec, ...]) -> dict
     return {k: tuple(v) for k, v in out.items()}
 
 
+def data_folder(spec: TaskSpec, data_root: str | Path) -> Path:
+    return Path(spec.data) if Path(spec.data).is_absolute() else Path(data_root) / spec.data
+
+
+def task_settings(specs: tuple[TaskSpec, ...], data_root: str | Path,
+                  extra: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...] | None]:
+    """Each task's ``--set`` pairs (its data folder, the preset's pairs, the suite's ``--set``), every one
+    checked as ``transfer`` checks it before the first pair runs, so a bad value or a missing data folder
+    ends the suite before any work; None for an optional task whose data folder is absent."""
+    import click
+
+    from mocobench.evaluators.registry import TaskError
+    from mocobench.transfer.run import task_config
+
+    out: dict[str, tuple[str, ...] | None] = {}
+    for spec in specs:
+        data = data_folder(spec, data_root)
+        if spec.optional and not data.exists():
+            out[spec.task] = None
+            continue
+        sets = (f"data={data}", *spec.overrides, *extra[spec.task])
+        if spec.task.endswith(("_det", "_instseg")):
+            sets += ("resume=true",)  # continue an interrupted detectron2 run (fresh when there is none)
+        try:
+            task_config(spec.task, sets)
+        except (click.BadParameter, TaskError) as e:
+            raise SuiteError(f"task {spec.task}: {getattr(e, 'message', e)}") from e
+        out[spec.task] = sets
+    return out
+
+
 def _for_zoo(load: LoadOptions | None) -> LoadOptions | None:
     """A catalogue entry knows its layout: of the load options only ``--part`` and ``--stem`` apply to it."""
+    from mocobench.checkpoint import LoadOptions
+
     return LoadOptions(part=load.part, stem=load.stem) if load else None
+
+
+def check_suite(checkpoints: list[str], preset: str, tasks: tuple[str, ...], data_root: str | Path,
+                overrides: tuple[str, ...]) -> tuple[tuple[TaskSpec, ...], list[tuple[str, str]], dict]:
+    """Everything a suite can check before any work: the preset and task names, the checkpoints and their
+    labels, and each task's settings (:func:`task_settings`). Returns (tasks, (label, source) pairs, settings);
+    raises :class:`SuiteError` naming what is wrong."""
+    specs = select_tasks(preset, tasks)
+    extra = split_overrides(overrides, PRESETS[preset])  # keys of unselected tasks of the preset are fine
+    pairs = [parse_checkpoint(c) for c in checkpoints]
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise SuiteError(f"two checkpoints have the same label ({labels}); name them LABEL=PATH")
+    return specs, pairs, task_settings(specs, data_root, extra)
 
 
 def run_suite(
@@ -138,7 +188,7 @@ def run_suite(
     from mocobench.evaluators.registry import get_task
     from mocobench.transfer.run import run_transfer
 
-    specs = select_tasks(preset, tasks)
+    specs, pairs, sets = check_suite(checkpoints, preset, tasks, data_root, overrides)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun: the tasks that shard over processes; detection launches its own
         skipped = [s.task for s in specs if not get_task(s.task).distributed]
@@ -147,11 +197,6 @@ def run_suite(
             logger.warning("under torchrun the suite runs %s; run %s without torchrun afterwards (same --out: "
                            "finished pairs are skipped; detection takes --set TASK.num_procs=N)",
                            ", ".join(s.task for s in specs), ", ".join(skipped))
-    extra = split_overrides(overrides, PRESETS[preset])  # keys of unselected tasks of the preset are fine
-    pairs = [parse_checkpoint(c) for c in checkpoints]
-    labels = [label for label, _ in pairs]
-    if len(set(labels)) != len(labels):
-        raise SuiteError(f"two checkpoints have the same label ({labels}); name them LABEL=PATH")
     out = Path(out)
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(rank, out / "suite.log")
@@ -164,18 +209,14 @@ def run_suite(
             logger.info("[%d/%d] %s on %s: done already (%s), skipping", i, total, spec.task, label, results)
             done.append(results)
             continue
-        data = Path(spec.data) if Path(spec.data).is_absolute() else Path(data_root) / spec.data
-        if spec.optional and not data.exists():
+        if sets[spec.task] is None:
             logger.info("[%d/%d] %s on %s: skipped, %s does not exist (optional in this preset)", i, total, spec.task,
-                        label, data)
+                        label, data_folder(spec, data_root))
             continue
-        sets = (f"data={data}", *spec.overrides, *extra[spec.task])
-        if spec.task.endswith(("_det", "_instseg")):
-            sets += ("resume=true",)  # continue an interrupted detectron2 run (fresh when there is none)
         logger.info("[%d/%d] %s on %s (%s)", i, total, spec.task, label, source)
         error = path = None
         try:
-            path = run_transfer(spec.task, source, task_out, sets, arch, label,  # logs into task_out/log.txt
+            path = run_transfer(spec.task, source, task_out, sets[spec.task], arch, label,  # logs into task_out/log.txt
                                 load=_for_zoo(load) if source.startswith("zoo:") else load,
                                 feature_cache=out / label / "feature_cache", cache_dtype=cache_dtype)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import click
 
 from mocobench.datasets import OnBadImage, on_bad_image_option
-from mocobench.options import option
+from mocobench.options import Rule, check_config, option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 METHODS = ("moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank", "simclr")
@@ -50,7 +53,8 @@ class ConfigError(ValueError):
 class PretrainConfig:
     """Everything ``mocobench pretrain`` needs. Each field is one CLI option (``--queue-size`` etc.)."""
 
-    data: str = option("", "ImageFolder tree or plain folder of training images (labels are used by supervised only).", required=True)
+    data: str = option("", "ImageFolder tree or plain folder of training images (labels are used by supervised only).", required=True,
+                       exists="dir")
     out: str = option("", "Output folder: checkpoints, metrics.jsonl, config.yaml, log.txt.", required=True)
     method: Literal["moco_v1", "moco_v2", "supervised", "end_to_end", "memory_bank", "simclr"] = option(
         "moco_v2",
@@ -68,17 +72,18 @@ class PretrainConfig:
     , min=0, min_open=True)
     lr_schedule: Literal["step", "cosine"] | None = option(None, "step (v1: x0.1 at the milestones) or cosine (v2).")
     lr_milestones: tuple[int, ...] | None = option(
-        None, "Epochs where the step schedule multiplies lr by 0.1 (MoCo v1: 120,160; supervised: 30,60)."
-    )
+        None, "Epochs where the step schedule multiplies lr by 0.1 (MoCo v1: 120,160; supervised: 30,60).",
+        min=1, increasing=True)
     momentum: float = option(0.9, "SGD momentum.", min=0, max=1, max_open=True)
     weight_decay: float = option(1e-4, "SGD weight decay.", min=0)
     image_size: int = option(224, "Crop size of the training views.", min=8)
     queue_size: int = option(
         65536, "Queue size K (number of negatives; memory_bank: negatives sampled per step); MoCo: divisible by the batch.", min=1)
     dim: int = option(128, "Feature dimension of the projection head.", min=1)
-    moco_m: float = option(0.999, "Momentum of the key encoder.", min=0, max=1)
+    moco_m: float = option(0.999, "Momentum of the key encoder.", min=0, max=1, max_open=True)
     moco_t: float | None = option(None, "Softmax temperature (v1: 0.07, v2: 0.2).", min=0, min_open=True)
-    bank_momentum: float = option(0.5, "memory_bank: momentum of the bank entry update (InstDisc: 0.5).", min=0, max=1)
+    bank_momentum: float = option(0.5, "memory_bank: momentum of the bank entry update (InstDisc: 0.5).", min=0,
+                                 max=1, max_open=True)
     mlp: bool | None = option(None, "MLP projection head (v2) instead of one fc layer (v1).")
     aug: Literal["v1", "v2"] | None = option(None, "Augmentation: v1, or v2 (aug+ with blur).")
     bn_splits: int | None = option(
@@ -108,11 +113,30 @@ class PretrainConfig:
     log_every: int = option(10, "Write a step line to metrics.jsonl every N steps.", min=1)
     tensorboard: bool = option(True, "Also write metrics.jsonl's numbers as TensorBoard events to <out>/tensorboard.")
     resume: str | None = option(None, "Checkpoint to resume from, or 'auto' for <out>/checkpoint_last.pth if present.")
-    knn_train: str | None = option(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).")
-    knn_val: str | None = option(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).")
+    knn_train: str | None = option(None, "Labelled ImageFolder used as the kNN monitor's bank (e.g. a train split).",
+                                    exists="dir")
+    knn_val: str | None = option(None, "Labelled ImageFolder scored by the kNN monitor (e.g. a val split).",
+                                  exists="dir")
     knn_k: int = option(200, "kNN monitor: neighbours (MoCo CIFAR demo: 200).", min=1)
     knn_t: float = option(0.1, "kNN monitor: temperature (MoCo CIFAR demo: 0.1).", min=0, min_open=True)
     knn_every: int = option(1, "Run the kNN monitor every N epochs (and after the last).", min=1)
+
+    RULES: ClassVar = (
+        Rule(("lr_milestones", "epochs"), lambda c: c.lr_schedule != "step" or c.epochs is None
+             or not c.lr_milestones or c.lr_milestones[-1] < c.epochs or c.recipe_milestones(),
+             "with --lr-schedule step, every milestone given an epoch before the last (1 <= milestone < epochs)"),
+        Rule(("queue_size", "batch_size"), lambda c: c.method not in MOCO_METHODS or c.queue_size % c.batch_size == 0,
+             "a queue size divisible by the global batch size (the queue is a ring written one global batch at a time)"),
+        Rule(("knn_train", "knn_val"), lambda c: (c.knn_train is None) == (c.knn_val is None),
+             "both or neither: the kNN monitor's bank and the split it scores"),
+        Rule(("aug_backend", "method"), lambda c: not (c.aug_backend == "tensor" and c.method == "supervised"),
+             "--aug-backend pil for supervised (tensor makes the contrastive views; supervised uses the linear "
+             "protocol's PIL transform)"),
+        Rule(("amp", "device"), lambda c: not (c.amp == "fp16" and c.device == "cpu"),
+             "--amp bf16 on the CPU (fp16 needs CUDA)"),
+        Rule(("resume",), lambda c: c.resume in (None, "auto") or Path(c.resume).is_file(),
+             "'auto' or an existing checkpoint file"),
+    )
 
     # ----------------------------------------------------------------------------- resolution
     def resolved(self) -> PretrainConfig:
@@ -121,6 +145,10 @@ class PretrainConfig:
             raise ConfigError(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
         fill = {k: v for k, v in RECIPES[self.method].items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill)
+
+    def recipe_milestones(self) -> bool:
+        """The milestones are the method's recipe's (a short run keeps them: its lr never drops; logged)."""
+        return self.lr_milestones == RECIPES.get(self.method, {}).get("lr_milestones")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -165,20 +193,12 @@ class PretrainConfig:
         if not self.out:
             raise ConfigError("--out is required (on the command line or in --config FILE): the folder for checkpoints "
                               "and metrics")
-        if self.decode_cache_mib < 0:
-            raise ConfigError(f"--decode-cache-mib must be >= 0 (0: no cache), got {self.decode_cache_mib}")
-        if self.arch not in ARCHS:
-            raise ConfigError(f"--arch {self.arch!r} is not supported; choose one of {', '.join(ARCHS)}")
-        for name in ("epochs", "batch_size", "queue_size", "dim", "save_every", "log_every", "knn_every", "knn_k"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        try:  # every field's declared range, choices and paths, then RULES
+            check_config(self, flags=True)
+        except click.BadParameter as e:
+            raise ConfigError(e.message) from e
         if self.batch_size % world:
             raise ConfigError(f"--batch-size {self.batch_size} must be divisible by the {world} processes")
-        if self.method in MOCO_METHODS and self.queue_size % self.batch_size:
-            raise ConfigError(
-                f"--queue-size {self.queue_size} must be divisible by the global batch size {self.batch_size} "
-                "(the queue is a ring written one global batch at a time)"
-            )
         splits = self.effective_bn_splits(world)
         local = self.per_process_batch(world)
         if splits < 1 or local % splits or local // splits < 2:
@@ -186,21 +206,6 @@ class PretrainConfig:
                 f"--bn-splits {splits} must divide the per-process batch {local} into sub-batches of at "
                 "least 2 images; pass --bn-splits 1 to turn split BN off"
             )
-        if not 0.0 <= self.moco_m < 1.0:
-            raise ConfigError(f"--moco-m must be in [0, 1), got {self.moco_m}")
-        if not 0.0 <= self.bank_momentum < 1.0:
-            raise ConfigError(f"--bank-momentum must be in [0, 1), got {self.bank_momentum}")
-        if self.moco_t is not None and self.moco_t <= 0:
-            raise ConfigError(f"--moco-t must be positive, got {self.moco_t}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
-        if (self.knn_train is None) != (self.knn_val is None):
-            raise ConfigError("--knn-train and --knn-val go together (the bank and the scored split)")
-        if self.aug_backend == "tensor" and self.method == "supervised":
-            raise ConfigError("--aug-backend tensor makes the contrastive views; --method supervised uses the "
-                              "linear protocol's PIL transform (leave --aug-backend at pil)")
-        if self.amp == "fp16" and self.device == "cpu":
-            raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
 
 
 #: Fields that may differ between a run and its resumption: bookkeeping (a run folder may be moved), plus ``epochs`` (to extend a

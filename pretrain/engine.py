@@ -486,6 +486,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 local_batch // splits, "" if cfg.bn_splits is not None else
                 f" (default: the paper's {PAPER_BN_GROUPS} groups of the global batch as near as the processes allow)")
 
+    if cfg.lr_schedule == "step" and cfg.lr_milestones and cfg.lr_milestones[-1] >= cfg.epochs:
+        logger.warning("the %s recipe's lr milestones %s lie at or past --epochs %d: the lr drops at fewer of them "
+                       "(none before the first); pass --lr-milestones to place them in this run", cfg.method,
+                       ",".join(map(str, cfg.lr_milestones)), cfg.epochs)
     monitor = None
     if cfg.knn_train and dist.is_main():
         monitor = KnnEvaluator(cfg.knn_train, cfg.knn_val, cfg.image_size, cfg.knn_k, cfg.knn_t, 256, cfg.workers,

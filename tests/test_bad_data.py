@@ -174,7 +174,7 @@ def small_disk(tmp_path):
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}")
     yield where
-    subprocess.run(["umount", str(where)], check=False)
+    subprocess.run(["umount", "--lazy", str(where)], check=False)  # lazy: an open log file must not keep it mounted
 
 
 def test_a_full_disk_names_the_file_and_the_free_space_and_keeps_the_previous_file(small_disk):

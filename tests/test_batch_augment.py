@@ -103,8 +103,8 @@ def test_collate_returns_what_the_pil_pipeline_collates(synth):
 
 
 def test_supervised_refuses_the_tensor_backend():
-    cfg = PretrainConfig(data="d", out="o", method="supervised", aug_backend="tensor").resolved()
-    with pytest.raises(ConfigError, match="--aug-backend tensor"):
+    cfg = PretrainConfig(data=".", out="o", method="supervised", aug_backend="tensor").resolved()
+    with pytest.raises(ConfigError, match="--aug-backend=tensor, --method=supervised: expected --aug-backend pil"):
         cfg.validate()
 
 

@@ -45,10 +45,10 @@ def test_pretrain_v1_with_knn_monitor_on_the_synthetic_set(synth, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--queue-size", "100"], "--queue-size 100 must be divisible by the global batch size 16"),
+        (["--queue-size", "100"], "--queue-size=100, --batch-size=16: expected a queue size divisible by the global batch size"),
         (["--bn-splits", "16"], "--bn-splits 16 must divide the per-process batch 16"),
-        (["--knn-train", "x"], "--knn-train and --knn-val go together"),
-        (["--moco-m", "1.0"], "--moco-m must be in [0, 1)"),
+        (["--knn-train", "."], "--knn-train=., --knn-val=None: expected both or neither"),
+        (["--moco-m", "1.0"], "'--moco-m': 1.0 is not in the range 0<=x<1"),
     ],
 )
 def test_bad_options_fail_before_any_work(synth, tmp_path, extra, message):
@@ -64,7 +64,7 @@ def test_unknown_arch_lists_the_choices(synth, tmp_path):
 
 def test_missing_data_folder_is_named(tmp_path):
     r = run_cli(["pretrain", "--data", tmp_path / "missing", "--out", tmp_path / "o", *TINY], expect_ok=False)
-    assert f"data folder {tmp_path / 'missing'} does not exist" in r.output
+    assert f"--data={tmp_path / 'missing'}: no such folder" in r.output
 
 
 def test_help_lists_every_config_option():
@@ -83,7 +83,7 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(synth, tmp_path):
     assert math.isfinite(read_metrics(out / "metrics.jsonl")[-1]["loss"])
     r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "fp16", *TINY, "--amp", "fp16",
                  "--device", "cpu"], expect_ok=False)
-    assert "--amp fp16 needs CUDA" in r.output
+    assert "--amp=fp16, --device=cpu: expected --amp bf16 on the CPU (fp16 needs CUDA)" in r.output
 
 
 def test_python_m_mocobench_is_the_console_script_and_version_names_the_stack():
@@ -107,7 +107,7 @@ def test_python_m_mocobench_is_the_console_script_and_version_names_the_stack():
 
 def test_pretraining_mirrors_metrics_jsonl_to_tensorboard_and_no_tensorboard_turns_it_off(synth, tmp_path):
     opts = ["pretrain", "--data", synth / "train", "--epochs", "2", *TINY, "--image-size", "32"]
-    run_cli([*opts, "--out", tmp_path / "on", "--knn-train", synth / "train", "--knn-val", synth / "val"])
+    run_cli([*opts, "--out", tmp_path / "on", "--knn-train", synth / "train", "--knn-val", synth / "val", "--knn-k", "5"])
     records = read_metrics(tmp_path / "on" / "metrics.jsonl")
     got = tb_scalars(tmp_path / "on" / "tensorboard")
     steps = [r for r in records if r["kind"] == "step"]
@@ -187,4 +187,4 @@ def test_declared_ranges_refuse_bad_values_before_any_work_everywhere(synth, tmp
     bad = tmp_path / "bad.yaml"
     bad.write_text("moco_m: 1.5\n")
     r = run_cli(["pretrain", "--config", bad], expect_ok=False)
-    assert str(bad) in r.output and "moco_m='1.5': expected a number >= 0 and <= 1" in r.output
+    assert str(bad) in r.output and "moco_m='1.5': expected a number >= 0 and < 1" in r.output

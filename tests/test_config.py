@@ -13,21 +13,21 @@ from mocobench.pretrain.schedule import lr_at_epoch
 
 
 def test_defaults_are_the_published_recipes():
-    v1 = PretrainConfig(data="d", out="o", method="moco_v1").resolved()
-    v2 = PretrainConfig(data="d", out="o").resolved()
+    v1 = PretrainConfig(data=".", out="o", method="moco_v1").resolved()
+    v2 = PretrainConfig(data=".", out="o").resolved()
     for c in (v1, v2):
         assert (c.arch, c.batch_size, c.lr, c.queue_size, c.dim, c.moco_m, c.weight_decay, c.momentum, c.epochs) == (
             "resnet50", 256, 0.03, 65536, 128, 0.999, 1e-4, 0.9, 200)
     assert (v1.moco_t, v1.mlp, v1.aug, v1.lr_schedule, v1.lr_milestones) == (0.07, False, "v1", "step", (120, 160))
     assert (v2.moco_t, v2.mlp, v2.aug, v2.lr_schedule) == (0.2, True, "v2", "cosine")
-    assert PretrainConfig(data="d", out="o", moco_t=0.5).resolved().moco_t == 0.5  # explicit beats recipe
-    sup = PretrainConfig(data="d", out="o", method="supervised", queue_size=1000).resolved()  # torchvision recipe
+    assert PretrainConfig(data=".", out="o", moco_t=0.5).resolved().moco_t == 0.5  # explicit beats recipe
+    sup = PretrainConfig(data=".", out="o", method="supervised", queue_size=1000).resolved()  # torchvision recipe
     assert (sup.lr, sup.epochs, sup.lr_schedule, sup.lr_milestones, sup.bn_splits) == (0.1, 90, "step", (30, 60), 1)
     sup.validate()  # the queue size plays no part
 
 
 def test_derived_values_are_computed_not_stored():
-    c = PretrainConfig(data="d", out="o", batch_size=64, queue_size=4096).resolved()
+    c = PretrainConfig(data=".", out="o", batch_size=64, queue_size=4096).resolved()
     assert c.scaled_lr() == pytest.approx(0.0075) and c.lr == 0.03
     assert c.effective_bn_splits(1) == 8 and c.bn_splits is None
     assert c.per_process_batch(4) == 16
@@ -39,14 +39,14 @@ def test_derived_values_are_computed_not_stored():
 def test_default_bn_groups_are_the_papers_eight_whatever_the_processes():
     """The paper's BN batch: 8 groups of the global batch (8 GPUs x 32 images at 256). Before, any torchrun run
     got one group per process (256/W images); now W processes split 8/W ways, as near as the batch allows."""
-    c = PretrainConfig(data="d", out="o", batch_size=256, queue_size=4096).resolved()
+    c = PretrainConfig(data=".", out="o", batch_size=256, queue_size=4096).resolved()
     per_group = {w: c.per_process_batch(w) // c.effective_bn_splits(w) for w in (1, 2, 4, 8, 16)}
     assert {w: c.effective_bn_splits(w) for w in (1, 2, 4, 8, 16)} == {1: 8, 2: 4, 4: 2, 8: 1, 16: 1}
     assert per_group == {1: 32, 2: 32, 4: 32, 8: 32, 16: 16}
-    small = PretrainConfig(data="d", out="o", batch_size=12, queue_size=4092).resolved()
+    small = PretrainConfig(data=".", out="o", batch_size=12, queue_size=4092).resolved()
     assert small.effective_bn_splits(1) == 6 and small.effective_bn_splits(2) == 3  # the largest split that fits
     small.validate(world=2)
-    assert PretrainConfig(data="d", out="o", batch_size=256, bn_splits=1).effective_bn_splits(2) == 1  # explicit
+    assert PretrainConfig(data=".", out="o", batch_size=256, bn_splits=1).effective_bn_splits(2) == 1  # explicit
 
 
 def test_lr_schedules_match_main_moco():

@@ -80,7 +80,8 @@ def test_head_features_need_a_projection_head(synth, tmp_path):
 
     run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "sup", "--method", "supervised", "--epochs", "1",
              "--max-steps", "1", *TINY[:-2]])
-    args = ["--task", "knn", "--data", synth, "--set", "features=head", "--set", "image_size=32", "--set", "workers=0"]
+    args = ["--task", "knn", "--data", synth, "--set", "features=head", "--set", "image_size=32", "--set", "workers=0",
+            "--set", "k=5"]
     r = run_cli(["transfer", tmp_path / "sup" / "checkpoint_last.pth", *args, "--out", tmp_path / "a"], expect_ok=False)
     assert "supervised pretraining: its fc is a classifier, not a projection head" in r.output
     r = run_cli(["transfer", "random", "--arch", "resnet18", *args, "--out", tmp_path / "b"], expect_ok=False)

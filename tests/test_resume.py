@@ -75,7 +75,7 @@ def test_resume_errors_are_explicit(synth, reference, tmp_path):
     assert "already holds a run" in r.output and "--resume auto" in r.output
     r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "x", *TINY, "--resume", tmp_path / "nope.pth"],
                 expect_ok=False)
-    assert "nope.pth: no such checkpoint file" in r.output
+    assert "nope.pth: expected 'auto' or an existing checkpoint file" in r.output
     bad = tmp_path / "bad.pth"
     bad.write_bytes((reference / "checkpoint_last.pth").read_bytes()[:5000])
     r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "y", *TINY, "--resume", bad], expect_ok=False)

@@ -223,7 +223,7 @@ def test_segmentation_results_get_their_table_and_figure(tmp_path):
 def test_an_optional_suite_task_without_its_data_is_skipped_not_failed(synth, tmp_path, monkeypatch):
     from mocobench import suite
 
-    monkeypatch.setitem(suite.PRESETS, "t", (suite.TaskSpec("knn", str(synth), ("image_size=32", "workers=0")),
+    monkeypatch.setitem(suite.PRESETS, "t", (suite.TaskSpec("knn", str(synth), ("image_size=32", "workers=0", "k=5")),
                                              suite.TaskSpec("cityscapes_seg", "no-such-folder", optional=True)))
     done = suite.run_suite(["random"], tmp_path / "s", preset="t", data_root=tmp_path, arch="resnet18")
     assert [p.parent.name for p in done] == ["knn"]

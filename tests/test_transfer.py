@@ -79,7 +79,7 @@ def test_a_corrupt_jpeg_and_a_wrong_architecture_are_named(synth, tmp_path):
     bad = next((root / "val").iterdir()) / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     r = run_cli(["transfer", "random", "--arch", "resnet18", "--task", "knn", "--data", root, "--out", tmp_path / "a",
-                 "--set", "workers=0", "--set", "image_size=32"], expect_ok=False)
+                 "--set", "workers=0", "--set", "image_size=32", "--set", "k=5"], expect_ok=False)
     assert f"cannot decode image {bad}" in r.output
     run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "pre", "--epochs", "1", "--max-steps", "1", *TINY])
     r = run_cli(["transfer", tmp_path / "pre" / "checkpoint_last.pth", "--arch", "resnet50", "--task", "knn",

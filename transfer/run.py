@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,10 +18,35 @@ from mocobench.evaluators.features import FeatureCache
 from mocobench.evaluators.registry import TaskContext, TaskError, get_task, tasks
 from mocobench.layouts import NORMALIZATIONS
 from mocobench.log import setup_logging
-from mocobench.options import apply_overrides
+from mocobench.options import apply_overrides, check_config
 from mocobench.results import RESULTS_FILE, write_results
 
 logger = logging.getLogger(__name__)
+
+
+def task_config(task_name: str, overrides: tuple[str, ...] = ()) -> tuple[Any, str | None]:
+    """The config of task ``task_name`` with ``overrides`` (``KEY=VALUE``; a preset's values first, then the
+    pairs over them; upper-case detectron2 keys go to ``opts``), checked field by field and against the class's
+    ``RULES`` (:func:`mocobench.options.check_config`), and the ``normalize=NAME`` override (None: none).
+    Raises ``click.BadParameter`` or :class:`TaskError` naming the key, before any work."""
+    task = get_task(task_name)
+    normalize = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "normalize"]
+    overrides = tuple(o for o in overrides if o.partition("=")[0] != "normalize")
+    if normalize and normalize[-1] not in NORMALIZATIONS:
+        raise TaskError(f"--set normalize={normalize[-1]}: expected one of {', '.join(NORMALIZATIONS)}")
+    cfg = task.config_cls()
+    upper = [o for o in overrides if o.partition("=")[0][:1].isupper()]
+    if upper and hasattr(cfg, "opts"):  # detectron2 config keys (SOLVER.MAX_ITER=200) go to opts
+        overrides = tuple(o for o in overrides if o not in upper)
+        cfg = dataclasses.replace(cfg, opts=(*cfg.opts, *(x for o in upper for x in o.split("=", 1))))
+    cfg = apply_overrides(cfg, overrides)
+    presets = getattr(type(cfg), "PRESETS", {})
+    if getattr(cfg, "preset", "") in presets:  # the preset's values first, then the explicit --set pairs over them
+        cfg = apply_overrides(dataclasses.replace(task.config_cls(), **presets[cfg.preset]), overrides)
+    if hasattr(cfg, "data") and not cfg.data:
+        raise TaskError(f"task {task_name} needs data: pass --data ROOT (or --set data=ROOT)")
+    check_config(cfg)
+    return cfg, normalize[-1] if normalize else None
 
 
 def run_transfer(
@@ -47,21 +73,7 @@ def run_transfer(
     ``normalize=NAME`` among ``overrides`` replaces the input normalisation the checkpoint expects (its
     layout's or catalogue entry's); every task feeds the backbone that normalisation and records it."""
     task = get_task(task_name)
-    normalize = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "normalize"]
-    overrides = tuple(o for o in overrides if o.partition("=")[0] != "normalize")
-    if normalize and normalize[-1] not in NORMALIZATIONS:
-        raise TaskError(f"--set normalize={normalize[-1]}: expected one of {', '.join(NORMALIZATIONS)}")
-    cfg = task.config_cls()
-    upper = [o for o in overrides if o.partition("=")[0][:1].isupper()]
-    if upper and hasattr(cfg, "opts"):  # detectron2 config keys (SOLVER.MAX_ITER=200) go to opts
-        overrides = tuple(o for o in overrides if o not in upper)
-        cfg = dataclasses.replace(cfg, opts=(*cfg.opts, *(x for o in upper for x in o.split("=", 1))))
-    cfg = apply_overrides(cfg, overrides)
-    presets = getattr(type(cfg), "PRESETS", {})
-    if getattr(cfg, "preset", "") in presets:  # the preset's values first, then the explicit --set pairs over them
-        cfg = apply_overrides(dataclasses.replace(task.config_cls(), **presets[cfg.preset]), overrides)
-    if hasattr(cfg, "data") and not cfg.data:
-        raise TaskError(f"task {task_name} needs data: pass --data ROOT (or --set data=ROOT)")
+    cfg, normalize = task_config(task_name, overrides)
     out = Path(out)
     if (out / RESULTS_FILE).exists() and not overwrite:
         raise TaskError(f"{out / RESULTS_FILE} exists; pass --overwrite to replace it or choose another --out")
@@ -79,7 +91,7 @@ def run_transfer(
     setup_logging(dist.get_rank(), out / "log.txt")
     backbone, info = load_backbone(checkpoint, arch=arch, seed=seed, options=load)
     if normalize:
-        info = dataclasses.replace(info, normalize=normalize[-1])
+        info = dataclasses.replace(info, normalize=normalize)
     set_input_normalization(backbone, info.normalize)
     logger.info("task %s on %s (%s, %s, %s); input normalisation %s %s", task_name, checkpoint, info.format,
                 info.arch, info.method, info.normalize, "(--set normalize)" if normalize else "(the checkpoint's)")
