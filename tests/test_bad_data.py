@@ -150,6 +150,15 @@ def test_a_file_name_that_is_not_utf8_is_listed_decoded_and_logged(tmp_path, cap
     assert "caf" in caplog.text
 
 
+def _demo_knn(synth, tmp_path) -> list:
+    """Suite options that pass every check but the output folder's: the demo preset's knn on ``synth``."""
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    if not (root / "classification").exists():
+        (root / "classification").symlink_to(synth)
+    return ["--preset", "demo", "--tasks", "knn", "--data-root", root, "--set", "knn.k=5"]
+
+
 def test_an_output_folder_that_cannot_be_written_fails_before_any_work(synth, tmp_path):
     """--out under a regular file (as a read-only folder would, which root cannot be given here): one line naming
     the folder, for pretrain, transfer and suite, and nothing started."""
@@ -157,10 +166,39 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_work(synth, tm
     blocker.write_text("not a folder")
     for args in (["pretrain", "--data", synth / "train", *TINY, "--out", blocker / "run"],
                  ["transfer", "--task", "knn", "random", "--arch", "resnet18", "--data", synth, "--out", blocker / "knn"],
-                 ["suite", "random", "--arch", "resnet18", "--preset", "demo", "--out", blocker / "suite"]):
+                 ["suite", "random", "--arch", "resnet18", *_demo_knn(synth, tmp_path), "--out", blocker / "suite"]):
         r = run_cli(args, expect_ok=False)
         assert "Traceback" not in r.output and f"cannot write to the output folder {blocker}/" in r.output, r.output
         assert "Not a directory" in r.output
+
+
+def _mount_tmpfs(where, options: str) -> None:
+    """Mount a tmpfs at ``where`` with ``options``, or skip where this machine does not allow it (no root)."""
+    import subprocess
+
+    where.mkdir(exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+
+
+def test_a_read_only_output_folder_fails_before_any_work(synth, tmp_path):
+    """A genuinely read-only file system (a tmpfs mounted ro: even root cannot write there, unlike a chmod'ed
+    folder) fails pretrain, transfer and suite before any work, naming the folder."""
+    import subprocess
+
+    where = tmp_path / "ro"
+    _mount_tmpfs(where, "ro,size=1m")
+    try:
+        for args in (["pretrain", "--data", synth / "train", *TINY, "--out", where / "run"],
+                     ["transfer", "--task", "knn", "random", "--arch", "resnet18", "--data", synth, "--out", where],
+                     ["suite", "random", "--arch", "resnet18", *_demo_knn(synth, tmp_path), "--out", where / "suite"]):
+            r = run_cli(args, expect_ok=False)
+            assert "Traceback" not in r.output and "cannot write to the output folder" in r.output, r.output
+            assert "Read-only file system" in r.output and str(where) in r.output, r.output
+        assert not any(where.iterdir())
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
 
 
 @pytest.fixture
@@ -169,10 +207,7 @@ def small_disk(tmp_path):
     import subprocess
 
     where = tmp_path / "disk"
-    where.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}")
+    _mount_tmpfs(where, "size=3m")
     yield where
     subprocess.run(["umount", "--lazy", str(where)], check=False)  # lazy: an open log file must not keep it mounted
 
