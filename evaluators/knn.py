@@ -192,16 +192,22 @@ class KnnConfig:
     on_bad_image: OnBadImage = on_bad_image_option()
 
 
-@register("knn", KnnConfig, "weighted kNN on frozen pooled features (top-1/top-5)", distributed=True)
-def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
-    """Under torchrun each process extracts (or reads from the cache) its block of the bank and every query;
-    the top-k is merged across processes (:func:`sharded_knn_scores`)."""
+def knn_splits(cfg: KnnConfig) -> tuple[ImageList, ImageList]:
+    """(bank, queries) of ``cfg.data``, listed (no image read) and checked: the same classes, ``k`` within the bank."""
     root = Path(cfg.data)
     bank_images = list_images(resolve_split(root, (cfg.train_split,)), labelled=True, on_bad_image=cfg.on_bad_image)
     query_images = list_images(eval_split(root, cfg.val_split), labelled=True, on_bad_image=cfg.on_bad_image)
     if bank_images.classes != query_images.classes:
         raise DataError(f"kNN: the classes of {bank_images.root} and {query_images.root} differ")
     check_k(cfg.k, bank_images, "--set k")
+    return bank_images, query_images
+
+
+@register("knn", KnnConfig, "weighted kNN on frozen pooled features (top-1/top-5)", distributed=True)
+def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
+    """Under torchrun each process extracts (or reads from the cache) its block of the bank and every query;
+    the top-k is merged across processes (:func:`sharded_knn_scores`)."""
+    bank_images, query_images = knn_splits(cfg)
     t0 = time.perf_counter()
     device = dist.select_device(cfg.device)
     head = load_projection_head(ctx.info.source).to(device) if cfg.features == "head" else None

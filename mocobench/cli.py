@@ -347,8 +347,12 @@ def sweep(name, sweep_out, knn_data, knn_set, points, **options) -> None:
     from mocobench.datasets import DataError
     from mocobench.log import setup_logging
     from mocobench.pretrain.config import ConfigError
-    from mocobench.sweep import SweepError, run_sweep
+    from mocobench.sweep import SweepError, check_sweep, run_sweep, sweep_points
 
+    try:  # every point and the kNN settings, before any folder or work
+        check_sweep(PretrainConfig(out="", **options), Path(sweep_out), sweep_points(name, points), knn_data, knn_set)
+    except SweepError as e:
+        raise click.ClickException(str(e)) from e
     setup_logging()
     try:
         _run_then_report(lambda: run_sweep(name, PretrainConfig(out="", **options), sweep_out, knn_data, knn_set, points),

@@ -72,6 +72,32 @@ def point_config(base: PretrainConfig, run_dir: str | Path, changes: dict) -> Pr
     return cfg
 
 
+def check_sweep(base: PretrainConfig, out: Path, points: tuple[dict, ...], knn_data: str,
+                knn_overrides: tuple[str, ...]) -> None:
+    """Every point's pretraining config and the kNN task's settings, checked before the first point runs (a bad
+    ``--knn-set`` must not surface after hours of pretraining). Raises :class:`SweepError` naming the point."""
+    import os
+
+    import click
+
+    from mocobench.datasets import DataError
+    from mocobench.evaluators.knn import knn_splits
+    from mocobench.evaluators.registry import TaskError
+    from mocobench.pretrain.config import ConfigError
+    from mocobench.transfer.run import task_config
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for changes in points:
+        try:
+            point_config(base, out / point_label(changes), changes).resolved().validate(world)
+        except ConfigError as e:
+            raise SweepError(f"point {point_label(changes)}: {e}") from e
+    try:
+        knn_splits(task_config("knn", (f"data={knn_data}", *knn_overrides))[0])  # lists the splits, checks k
+    except (click.BadParameter, TaskError, DataError) as e:
+        raise SweepError(f"--knn-data / --knn-set: {getattr(e, 'message', e)}") from e
+
+
 def run_sweep(name: str, base: PretrainConfig, out: str | Path, knn_data: str, knn_overrides: tuple[str, ...] = (),
               values: tuple[str, ...] = ()) -> list[Path]:
     """Pretrain every point of sweep ``name`` from ``base`` (its ``out`` is replaced), then kNN; returns
@@ -82,6 +108,7 @@ def run_sweep(name: str, base: PretrainConfig, out: str | Path, knn_data: str, k
     out = Path(out)
     results, failed = [], []
     points = sweep_points(name, values)
+    check_sweep(base, out, points, knn_data, knn_overrides)
     for i, changes in enumerate(points, start=1):
         label = point_label(changes)
         run_dir = out / label

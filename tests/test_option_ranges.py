@@ -260,3 +260,34 @@ def test_every_command_refuses_a_bad_option_value_in_one_line(path, param, data,
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and param.opts[0] in errors[0], r.output
     assert not (cwd / "r").exists()
+
+
+def test_k_past_the_knn_bank_is_refused_before_any_image_is_read(synth, tmp_path):
+    """64 training images: k=65 would silently become k=64 (another protocol); it is refused by name."""
+    from helpers import TINY
+
+    r = run_cli(["transfer", "--task", "knn", "random", "--arch", "resnet18", "--data", synth, "--out", tmp_path / "k",
+                 "--set", "k=65", "--set", "workers=0"], expect_ok=False)
+    assert r.exit_code == 1 and f"--set k=65 is larger than the kNN bank: {synth / 'train'} holds 64 images" in r.output
+    assert not (tmp_path / "k" / "feature_cache").exists() and not (tmp_path / "k" / "results.json").exists()
+    run_cli(["transfer", "--task", "knn", "random", "--arch", "resnet18", "--data", synth, "--out", tmp_path / "k",
+             "--set", "k=64", "--set", "workers=0", "--set", "image_size=32"])  # the whole bank is allowed
+    r = run_cli(["pretrain", "--data", synth / "train", "--out", tmp_path / "p", *TINY, "--epochs", "1",
+                 "--knn-train", synth / "train", "--knn-val", synth / "val", "--knn-k", "100"], expect_ok=False)
+    assert "--knn-k=100 is larger than the kNN bank" in r.output and not (tmp_path / "p" / "checkpoint_last.pth").exists()
+
+
+def test_a_suite_checks_every_task_before_its_first_pair(synth, tmp_path):
+    """A bad value for the last task of a suite must not surface after the first tasks ran for hours."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "classification").symlink_to(synth)
+    base = ["suite", "random", "--arch", "resnet18", "--preset", "demo", "--tasks", "knn,linear", "--data-root", root,
+            "--out", tmp_path / "s", "--set", "knn.k=5"]
+    r = run_cli([*base, "--set", "linear.lr_milestones=5,40"], expect_ok=False)  # the demo's linear has 30 epochs
+    assert r.exit_code == 1 and "task linear: lr_milestones=5,40, epochs=30: expected every milestone" in r.output
+    r = run_cli([*base, "--set", "linear.epochs=0"], expect_ok=False)
+    assert "task linear: epochs='0': expected an integer >= 1" in r.output, r.output
+    r = run_cli([*base, "--tasks", "knn,voc_det"], expect_ok=False)
+    assert f"task voc_det: data={root / 'voc'}: no such folder" in r.output, r.output
+    assert not (tmp_path / "s").exists()

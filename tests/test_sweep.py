@@ -51,3 +51,17 @@ def test_shuffle_bn_sweep_runs_points_skips_them_again_and_plots(synth, tmp_path
     assert (report / "fig_sweep_bn_splits_knn.png").stat().st_size > 1000
     assert (report / "fig_pretraining_curves.png").exists()
     assert "bn_splits=8" in (report / "report.md").read_text()
+
+
+def test_a_point_or_knn_setting_that_cannot_work_is_refused_before_the_first_point(synth, tmp_path):
+    """A bad --knn-set or a point whose settings break a rule must not surface after hours of pretraining."""
+    base = ["--data", synth / "train", "--out", tmp_path / "sw", "--knn-data", synth, "--epochs", "1", *TINY]
+    r = run_cli(["sweep", "momentum", *base, "--knn-set", "k=0"], expect_ok=False)
+    assert r.exit_code == 1 and "--knn-set: k='0': expected an integer >= 1" in r.output, r.output
+    r = run_cli(["sweep", "negatives", *base, "--batch-size", "96"], expect_ok=False)
+    assert "point method=moco_v2,queue_size=256: --queue-size=256, --batch-size=96: expected a queue size" in r.output
+    r = run_cli(["sweep", "momentum", *base, "--knn-set", "k=500"], expect_ok=False)  # 64 bank images
+    assert "--knn-set: --set k=500 is larger than the kNN bank" in r.output, r.output
+    assert not (tmp_path / "sw").exists()
+    r = run_cli(["sweep", "nope", *base], expect_ok=False)
+    assert r.exit_code == 2 and "'nope' is not one of 'momentum', 'negatives', 'shuffle_bn'" in r.output, r.output
