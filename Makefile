@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo demo-example test clean
 
 setup:
 	bash scripts/setup_env.sh $(VENV)
@@ -23,8 +23,13 @@ demo: setup
 	    --method supervised --lr-schedule cosine $(DEMO_COMMON)
 	$(VENV)/bin/mocobench suite moco_v2=$(DEMO_DIR)/moco_v2/checkpoint_last.pth \
 	    supervised=$(DEMO_DIR)/supervised/checkpoint_last.pth random --arch resnet18 \
-	    --preset demo --data-root $(DEMO_DATA) --out $(DEMO_DIR)/suite --report reports/demo
-	@echo "demo done: the report is reports/demo/report.md (also report.html, report.csv, figures)"
+	    --preset demo --data-root $(DEMO_DATA) --out $(DEMO_DIR)/suite --report $(DEMO_DIR)/report
+	@echo "demo done: the report is $(DEMO_DIR)/report/report.md (also report.html, report.csv, figures)"
+
+# The committed example reports/demo/ is a copy of one demo run's report, refreshed on purpose (a run never
+# writes into the checkout: CPU runs differ in the last digits between machines and thread counts).
+demo-example: demo
+	rm -rf reports/demo && cp -r $(DEMO_DIR)/report reports/demo
 
 test: setup
 	$(PY) -m pytest -q tests
