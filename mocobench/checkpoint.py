@@ -20,7 +20,7 @@ import hashlib
 import logging
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -421,15 +421,20 @@ def infer_resnet_arch(state_dict: dict[str, torch.Tensor]) -> str:
     return arch
 
 
-def build_resnet(arch: str, stem: str = "standard") -> nn.Module:
-    """A torchvision ResNet; ``stem`` ``small`` / ``small_pad2`` (:data:`~mocobench.layouts.STEMS`) replaces
-    the 7x7/2 conv1 and max-pool with a 3x3 stride-1 conv1 and no pool (CIFAR-size images)."""
-    model = getattr(torchvision.models, arch)()
+def set_stem(model: nn.Module, stem: str = "standard") -> nn.Module:
+    """``model`` (a torchvision ResNet) with stem ``stem``: ``standard`` keeps the 7x7/2 conv1 and max-pool
+    (:func:`fast_maxpool`); ``small`` / ``small_pad2`` (:data:`~mocobench.layouts.STEMS`) puts a 3x3 stride-1
+    conv1 and no pool in their place (CIFAR-size images: the MoCo CIFAR demo, solo-learn, lightly). Returns it."""
     if stem == "standard":
         return fast_maxpool(model)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=STEMS[stem], bias=False)
     model.maxpool = nn.Identity()
     return model
+
+
+def build_resnet(arch: str, stem: str = "standard") -> nn.Module:
+    """A torchvision ResNet with stem ``stem`` (:func:`set_stem`)."""
+    return set_stem(getattr(torchvision.models, arch)(), stem)
 
 
 class Renormalize:
@@ -525,8 +530,14 @@ def load_projection_head(source: str | Path, options: LoadOptions | None = None)
     return head.eval()
 
 
-def _stem(sd: dict[str, torch.Tensor], layout: Layout, options: LoadOptions, source: str) -> str:
-    """standard (7x7 conv1) or the named small-image stem of a 3x3 conv1; never guessed."""
+def _stem(sd: dict[str, torch.Tensor], layout: Layout, options: LoadOptions, source: str,
+          recorded: str | None = None) -> str:
+    """standard (7x7 conv1) or the named small-image stem of a 3x3 conv1; never guessed: from ``--stem``, the
+    stem the file records (``mocobench pretrain --stem``) or the layout's."""
+    if recorded and options.stem and options.stem != recorded:
+        raise CheckpointError(f"--stem {options.stem}: checkpoint {source} records the stem it was trained with, "
+                              f"{recorded}")
+    options = replace(options, stem=options.stem or recorded)
     kernel = tuple(sd["conv1.weight"].shape[-2:])
     if kernel == (7, 7):
         if options.stem not in (None, "standard"):
@@ -590,7 +601,8 @@ def load_backbone(source: str | Path, arch: str | None = None, seed: int = 0,
         raise CheckpointError(f"checkpoint {path} says arch {obj['arch']} but its keys are a {found_arch}")
     if arch is not None and arch != found_arch:
         raise CheckpointError(f"checkpoint {path} holds a {found_arch}, but {arch} was asked for")
-    stem = _stem(sd, layout, options, str(path))
+    config = obj.get("config") if layout.name == "mocobench" else None
+    stem = _stem(sd, layout, options, str(path), config.get("stem") if isinstance(config, dict) else None)
     model = build_resnet(found_arch, stem)
     shapes = model.state_dict()
     mismatched = [f"{k} {tuple(v.shape)} (a {found_arch} has {tuple(shapes[k].shape)})" for k, v in sd.items()

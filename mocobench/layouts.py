@@ -101,7 +101,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("mocobench", FROM_FILE, "mocobench pretrain (pretrain/engine.py): the official MoCo layout plus format, "
            "method, backbone_prefix, config",
            (Where("state_dict", "encoder_q."), Where("state_dict", "encoder.")),
-           known=("encoder_k.", "queue", "queue_ptr", "bank"), top={"format": "mocobench"}),
+           known=("encoder_k.", "queue", "queue_ptr", "queue_ids", "bank"), top={"format": "mocobench"}),
     Layout("moco_official", "moco", f"{_MOCO} main_moco.py L374-380 (save), moco/builder.py L41-63 (encoder_q, "
            "encoder_k, queue); main_lincls.py L241-253 keeps encoder_q minus fc",
            (Where("state_dict", "encoder_q.", "query"), Where("state_dict", "encoder_k.", "key")),

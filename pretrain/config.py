@@ -80,6 +80,14 @@ class PretrainConfig:
     queue_size: int = option(
         65536, "Queue size K (number of negatives; memory_bank: negatives sampled per step); MoCo: divisible by the batch.", min=1)
     dim: int = option(128, "Feature dimension of the projection head.", min=1)
+    stem: Literal["standard", "small"] = option(
+        "standard", "ResNet stem: standard (7x7/2 conv1 + max-pool, the papers') or small (3x3/1 conv1, no max-pool: "
+        "the MoCo CIFAR demo, solo-learn's and lightly's CIFAR models) for images of 32-96 px. Recorded in the "
+        "checkpoint; the classification tasks rebuild it, detection refuses it.")
+    mask_own_keys: bool = option(
+        False, "MoCo: keep each queued key's image index and leave a query's own older keys out of its negatives "
+        "(not the paper's; for data sets not much larger than the queue, where a query's key from the last "
+        "epoch is a near-copy of its positive).")
     moco_m: float = option(0.999, "Momentum of the key encoder.", min=0, max=1, max_open=True)
     moco_t: float | None = option(None, "Softmax temperature (v1: 0.07, v2: 0.2).", min=0, min_open=True)
     bank_momentum: float = option(0.5, "memory_bank: momentum of the bank entry update (InstDisc: 0.5).", min=0,
@@ -134,6 +142,8 @@ class PretrainConfig:
              "protocol's PIL transform)"),
         Rule(("amp", "device"), lambda c: not (c.amp == "fp16" and c.device == "cpu"),
              "--amp bf16 on the CPU (fp16 needs CUDA)"),
+        Rule(("mask_own_keys", "method"), lambda c: not c.mask_own_keys or c.method in MOCO_METHODS,
+             "--mask-own-keys with a MoCo method (the queue's keys)"),
         Rule(("resume",), lambda c: c.resume in (None, "auto") or Path(c.resume).is_file(),
              "'auto' or an existing checkpoint file"),
     )

@@ -38,11 +38,11 @@ from mocobench.checkpoint import (
     atomic_save,
     detect_format,
     read_checkpoint,
+    set_stem,
     strip_wrappers,
 )
 from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
 from mocobench.evaluators.knn import KnnEvaluator
-from mocobench.layers import fast_maxpool
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
 from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
@@ -120,7 +120,7 @@ def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_image
 
     def resnet(num_classes: int) -> nn.Module:
         net = split_bn_resnet(arch, splits, num_classes=num_classes) if splits > 1 else arch(num_classes=num_classes)
-        return fast_maxpool(net)
+        return set_stem(net, cfg.stem)
 
     if cfg.method == "supervised":
         return Supervised(resnet(num_classes))
@@ -129,7 +129,8 @@ def build_model(cfg: PretrainConfig, world: int, num_classes: int = 0, num_image
         return (EndToEnd if cfg.method == "end_to_end" else SimCLR)(encoder_fn, temperature=cfg.moco_t, mlp=cfg.mlp)
     if cfg.method == "memory_bank":
         return MemoryBank(encoder_fn, num_images, cfg.dim, cfg.queue_size, cfg.moco_t, cfg.bank_momentum, cfg.mlp)
-    return MoCo(encoder_fn, dim=cfg.dim, queue_size=cfg.queue_size, m=cfg.moco_m, temperature=cfg.moco_t, mlp=cfg.mlp)
+    return MoCo(encoder_fn, dim=cfg.dim, queue_size=cfg.queue_size, m=cfg.moco_m, temperature=cfg.moco_t, mlp=cfg.mlp,
+                mask_own_keys=cfg.mask_own_keys)
 
 
 def _rng_states(shuffle_gen: torch.Generator) -> dict:
@@ -420,7 +421,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     images = list_images(cfg.data, labelled=supervised or None, on_bad_image=cfg.on_bad_image)
     local_batch = cfg.per_process_batch(world)
     sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
-    if cfg.method == "memory_bank":  # the batch carries image indices in place of labels
+    if cfg.method == "memory_bank" or cfg.mask_own_keys:  # the batch carries image indices in place of labels
         images = dataclasses.replace(images, labels=tuple(range(len(images))))
     transform, collate = training_views(cfg.method, cfg.aug, cfg.image_size, cfg.aug_backend)
     dataset = SeededImageDataset(images, transform)

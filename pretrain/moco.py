@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +44,17 @@ def momentum_update_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.
 
 
 def contrastive_logits(
-    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float, neg_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE logits and labels (positive at column 0).
+    """InfoNCE logits and labels (positive at column 0); ``neg_mask`` (N, K) True leaves that negative out
+    (its logit is -inf: no probability, no gradient).
 
     Shape: q (N, C), k (N, C), queue (C, K) -> logits (N, 1 + K), labels (N,) all zero.
     """
     l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # positive logits: N x 1
     l_neg = torch.einsum("nc,ck->nk", q, queue)  # negative logits: N x K
+    if neg_mask is not None:
+        l_neg = l_neg.masked_fill(neg_mask, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return logits, labels
@@ -120,6 +124,9 @@ class MoCo(nn.Module):
         m: momentum of the key encoder (0.999).
         temperature: softmax temperature T (0.07 v1, 0.2 v2).
         mlp: MoCo v2 MLP head.
+        mask_own_keys: keep each queued key's image index (``queue_ids``, -1: none yet) and leave a query's own
+            older keys out of its negatives (not in the paper; ``mocobench pretrain --mask-own-keys``). The
+            batch then carries image indices in place of labels.
 
     The training loop sees every method through ``inputs(batch)``, ``forward(...) -> (logits,
     labels, state)`` and ``after_step(state)`` (here: enqueue the keys after the optimiser step).
@@ -136,9 +143,11 @@ class MoCo(nn.Module):
         m: float = 0.999,
         temperature: float = 0.07,
         mlp: bool = False,
+        mask_own_keys: bool = False,
     ) -> None:
         super().__init__()
         self.m = m
+        self.mask_own_keys = mask_own_keys
         self.temperature = temperature
         self.encoder_q = encoder_fn()
         if mlp:
@@ -148,39 +157,50 @@ class MoCo(nn.Module):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        if mask_own_keys:
+            self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))
 
-    def forward(
-        self, im_q: torch.Tensor, im_k: torch.Tensor, shuffle_generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One MoCo forward.
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, *rest) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One MoCo forward; ``rest`` is (shuffle generator,), or with ``mask_own_keys`` (image index (B,), shuffle
+        generator).
 
-        Shape: im_q, im_k (B, 3, H, W) -> logits (B, 1 + K), labels (B,), keys (world * B, C)
-        gathered from all ranks, to be passed to :meth:`enqueue` after the optimiser step.
+        Shape: im_q, im_k (B, 3, H, W) -> logits (B, 1 + K), labels (B,), state: keys (world * B, C) gathered
+        from all ranks (with ``mask_own_keys``: (keys, indices (world * B,))), for :meth:`after_step` after the
+        optimiser step.
         """
+        index, shuffle_generator = rest if self.mask_own_keys else (None, *rest)
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             momentum_update_(self.encoder_k.parameters(), self.encoder_q.parameters(), self.m)
             im_k, idx_unshuffle = batch_shuffle(im_k, shuffle_generator)
             k = F.normalize(self.encoder_k(im_k), dim=1)
             k = batch_unshuffle(k, idx_unshuffle)
-        logits, labels = contrastive_logits(q, k.to(q.dtype), self.queue.to(q.dtype), self.temperature)
-        return logits, labels, dist.all_gather_cat(k.to(self.queue.dtype))
+        own = self.queue_ids[None, :] == index[:, None] if self.mask_own_keys else None
+        logits, labels = contrastive_logits(q, k.to(q.dtype), self.queue.to(q.dtype), self.temperature, own)
+        keys = dist.all_gather_cat(k.to(self.queue.dtype))
+        return logits, labels, (keys, dist.all_gather_cat(index)) if self.mask_own_keys else keys
 
     @property
     def backbone(self) -> nn.Module:
         """The query encoder (the network that transfers)."""
         return self.encoder_q
 
-    @staticmethod
-    def inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """((query view, key view), labels) batches: labels are ignored."""
-        (im_q, im_k), _ = batch
-        return im_q, im_k
+    def inputs(self, batch) -> tuple[torch.Tensor, ...]:
+        """((query view, key view), labels) batches: labels are ignored, or with ``mask_own_keys`` are the
+        images' indices."""
+        (im_q, im_k), labels = batch
+        return (im_q, im_k, labels) if self.mask_own_keys else (im_q, im_k)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Dequeue the oldest keys and enqueue ``keys`` (world * B, C)."""
         enqueue_(self.queue, self.queue_ptr, keys)
 
-    def after_step(self, keys: torch.Tensor) -> None:
-        self.enqueue(keys)
+    def after_step(self, state) -> None:
+        if self.mask_own_keys:
+            keys, ids = state
+            p = int(self.queue_ptr)
+            self.queue_ids[p : p + ids.shape[0]] = ids  # the same columns enqueue_ writes, before it moves ptr
+            self.enqueue(keys)
+        else:
+            self.enqueue(state)

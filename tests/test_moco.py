@@ -118,3 +118,38 @@ def test_forward_matches_a_direct_computation_and_shuffle_is_neutral_under_one_b
     moco.enqueue(keys)
     torch.testing.assert_close(moco.queue[:, ptr : ptr + 8], keys.T)
     assert int(moco.queue_ptr) == (ptr + 8) % 16
+
+
+def test_a_masked_negative_gets_no_probability_and_the_loss_is_the_loss_without_it():
+    """contrastive_logits(neg_mask): the masked columns are -inf, and the cross-entropy equals the one computed on
+    the logits with those columns removed (hand-made reference; 1e-6)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = F.normalize(torch.randn(3, 4, generator=g), dim=1), F.normalize(torch.randn(3, 4, generator=g), dim=1)
+    queue = F.normalize(torch.randn(4, 5, generator=g), dim=0)
+    mask = torch.tensor([[True, False, False, False, False], [False, False, False, False, False],
+                         [False, True, False, True, False]])
+    logits, labels = contrastive_logits(q, k, queue, 0.2, mask)
+    assert torch.isinf(logits[:, 1:][mask]).all() and torch.isfinite(logits[:, 1:][~mask]).all()
+    for i in range(3):
+        kept = torch.cat([(q[i] @ k[i]).reshape(1), (q[i] @ queue)[~mask[i]]]) / 0.2
+        ref = -torch.log_softmax(kept, dim=0)[0]
+        torch.testing.assert_close(F.cross_entropy(logits[i : i + 1], labels[i : i + 1]), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_mask_own_keys_leaves_out_exactly_the_querys_own_queued_keys():
+    """With mask_own_keys the queue remembers whose key each column is; a query's negatives skip its own image's
+    older keys and nothing else, and the ids ring moves with the keys."""
+    moco = _tiny_moco(m=0.0, temperature=0.2)
+    masked = _tiny_moco(m=0.0, temperature=0.2, mask_own_keys=True)
+    x_q, x_k = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    first = torch.arange(8)
+    _, _, state = masked(x_q, x_k, first, torch.Generator().manual_seed(1))
+    masked.after_step(state)
+    assert masked.queue_ids[:8].tolist() == first.tolist() and (masked.queue_ids[8:] == -1).all()
+    index = torch.tensor([3, 9, 0, 10, 11, 12, 13, 7])  # images 3, 0, 7 have keys in the queue
+    logits, _, _ = masked(x_q, x_k, index, torch.Generator().manual_seed(2))
+    neg = logits[:, 1:]
+    expected = masked.queue_ids[None, :] == index[:, None]
+    assert expected.sum() == 3 and torch.equal(torch.isinf(neg), expected)
+    plain, _, _ = moco(x_q, x_k, torch.Generator().manual_seed(2))  # the unmasked model has no ids and no -inf
+    assert torch.isfinite(plain).all() and not hasattr(moco, "queue_ids")

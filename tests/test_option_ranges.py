@@ -137,12 +137,13 @@ def test_the_pretrain_command_ends_bad_values_with_a_one_line_error(data, tmp_pa
 #: without a case here fails ``test_every_rule_has_a_case``.
 RULE_CASES = {
     "pretrain": [
-        {"method": "moco_v1", "lr_schedule": "step", "epochs": 10, "lr_milestones": (120, 160)},
+        {"method": "moco_v1", "lr_schedule": "step", "epochs": 10, "lr_milestones": (5, 10)},
         {"method": "moco_v2", "batch_size": 64, "queue_size": 100},
         {"knn_train": "."},
         {"method": "supervised", "aug_backend": "tensor"},
         {"amp": "fp16", "device": "cpu"},
         {"resume": "no-such-checkpoint.pth"},
+        {"method": "supervised", "mask_own_keys": True},
     ],
     "task:linear": [{"epochs": 10, "lr_milestones": (5, 10)}, {"epochs": 10, "stop_at": 11}],
     "task:finegrained": [{"wd_min": 2.0, "wd_max": 1.0}],
