@@ -36,12 +36,18 @@ LEVERS: dict[str, dict] = {
     "base": {},
     "queue/4": {"queue_size": "K/4"},
     "queue/2": {"queue_size": "K/2"},
+    "queue/8": {"queue_size": "K/8"},
+    "queue/4+mask_own_keys": {"queue_size": "K/4", "mask_own_keys": True},
     "mask_own_keys": {"mask_own_keys": True},
     "stem_small": {"stem": "small"},
     "lr_x2": {"lr": 0.06},
     "t_0.1": {"moco_t": 0.1},
     "m_0.9": {"moco_m": 0.9},
     "bn_plain": {"bn_splits": 1},
+    # the best single levers together
+    "t_0.1+queue/4": {"moco_t": 0.1, "queue_size": "K/4"},
+    "t_0.1+m_0.9": {"moco_t": 0.1, "moco_m": 0.9},
+    "t_0.1+queue/4+m_0.9": {"moco_t": 0.1, "queue_size": "K/4", "moco_m": 0.9},
 }
 
 
@@ -108,6 +114,8 @@ def main(data, out, tag, levers, seeds, epochs, image_size, batch_size, queue, m
     md = ["| setting | kNN top-1 per seed | mean | spread (max-min) | time per run (s) |", "|---|---|---|---|---|"]
     for name, row in res["rows"].items():
         v = list(row["knn"].values())
+        if not v:  # started, not finished (interrupted)
+            continue
         t = list(row.get("time_s", {}).values())
         md.append(f"| {name}: {row['setting']} | {', '.join(f'{x:.1f}' for x in v)} | {statistics.mean(v):.1f} | "
                   f"{max(v) - min(v):.1f} | {statistics.median(t):.0f} |" if t else
