@@ -27,7 +27,8 @@ demo: setup
 	    --method supervised --lr-schedule cosine $(DEMO_COMMON)
 	$(VENV)/bin/mocobench suite moco_v2=$(DEMO_DIR)/moco_v2/checkpoint_last.pth \
 	    supervised=$(DEMO_DIR)/supervised/checkpoint_last.pth random --arch resnet18 \
-	    --preset demo --data-root $(DEMO_DATA) --out $(DEMO_DIR)/suite --report $(DEMO_DIR)/report
+	    --preset demo --data-root $(DEMO_DATA) --out $(DEMO_DIR)/suite --report $(DEMO_DIR)/report \
+	    --title "mocobench demo: MoCo v2, supervised and random init on the embedded synthetic data"
 	@echo "demo done: the report is $(DEMO_DIR)/report/report.md (also report.html, report.csv, figures)"
 
 # The committed example reports/demo/ is a copy of one demo run's report, refreshed on purpose (a run never

@@ -232,7 +232,7 @@ def _run_then_report(run, partial_failure: type[Exception], runs_dir, report_dir
 
 
 #: Keys of a suite file (``suite --config``): the command's options, ``checkpoints`` as a list, ``set`` as a list.
-SUITE_KEYS = ("checkpoints", "out", "preset", "tasks", "data_root", "arch", "set", "report", "baseline",
+SUITE_KEYS = ("checkpoints", "out", "preset", "tasks", "data_root", "arch", "set", "report", "baseline", "title",
               "feature_cache_fp16")
 
 
@@ -274,7 +274,7 @@ def _suite_file(path: str, options: dict) -> dict:
 @main.command()
 @click.argument("checkpoints", nargs=-1)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Suite file (YAML): checkpoints, out, preset, tasks, data_root, arch, set, report, baseline; "
+              help="Suite file (YAML): checkpoints, out, preset, tasks, data_root, arch, set, report, baseline, title; "
               "options given here win. Keep it beside the report: it says what the comparison is.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Suite folder: OUT/<label>/<task>/.")
 @click.option("--preset", default="cpu-small", show_default=True, type=click.Choice(SUITE_PRESETS),
@@ -285,9 +285,10 @@ def _suite_file(path: str, options: dict) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE", help="Override a task's config.")
 @click.option("--report", "report_dir", default=None, help="Report folder (default: OUT/report).")
 @click.option("--baseline", default="supervised", show_default=True, help="Row the report's deltas refer to.")
+@click.option("--title", default="", help="Title of the report (default: 'mocobench report: <report folder name>').")
 @click.option("--feature-cache-fp16", is_flag=True, help="Store the cached features (OUT/<label>/feature_cache) in float16.")
 @load_options
-def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrides, report_dir, baseline,
+def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrides, report_dir, baseline, title,
           feature_cache_fp16, load) -> None:
     """Run a preset's tasks on each CHECKPOINT ([LABEL=]PATH, [LABEL=]zoo:NAME or 'random'), then write the report.
 
@@ -304,11 +305,11 @@ def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrid
     if config_file:
         o = _suite_file(config_file, dict(checkpoints=checkpoints, out=out, preset=preset, tasks=tasks,
                                           data_root=data_root, arch=arch, overrides=overrides, report_dir=report_dir,
-                                          baseline=baseline, feature_cache_fp16=feature_cache_fp16))
+                                          baseline=baseline, title=title, feature_cache_fp16=feature_cache_fp16))
         checkpoints, out, preset, tasks, data_root, arch = (o[k] for k in ("checkpoints", "out", "preset", "tasks",
                                                                           "data_root", "arch"))
-        overrides, report_dir, baseline, feature_cache_fp16 = (o[k] for k in ("overrides", "report_dir", "baseline",
-                                                                              "feature_cache_fp16"))
+        overrides, report_dir, baseline, title, feature_cache_fp16 = (
+            o[k] for k in ("overrides", "report_dir", "baseline", "title", "feature_cache_fp16"))
     if not checkpoints or not out:
         raise click.UsageError("give the CHECKPOINTS and --out, on the command line or in --config FILE")
     from mocobench.atomic import OutputFolderError, writable_folder
@@ -324,7 +325,7 @@ def suite(checkpoints, config_file, out, preset, tasks, data_root, arch, overrid
     _run_then_report(
         lambda: run_suite(list(checkpoints), out, preset, task_names, data_root, arch,
                           overrides, load, "float16" if feature_cache_fp16 else "float32"),
-        SuiteError, out, report_dir or Path(out) / "report", baseline)
+        SuiteError, out, report_dir or Path(out) / "report", baseline, title)
 
 
 @main.command()

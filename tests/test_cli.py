@@ -161,10 +161,12 @@ def test_suite_config_file_says_what_the_comparison_is(synth, tmp_path, monkeypa
     monkeypatch.setitem(suite.PRESETS, "t", (suite.TaskSpec("knn", str(synth), ("image_size=32", "workers=0")),))
     spec = tmp_path / "suite.yaml"
     spec.write_text(yaml.safe_dump({"checkpoints": {"rnd": "random"}, "arch": "resnet18", "preset": "t",
-                                    "out": str(tmp_path / "s"), "set": ["knn.k=9"], "baseline": ""}))
+                                    "out": str(tmp_path / "s"), "set": ["knn.k=9"], "baseline": "",
+                                    "title": "random against itself"}))
     run_cli(["suite", "--config", spec])
     res = yaml.safe_load((tmp_path / "s" / "rnd" / "knn" / "results.json").read_text())
-    assert res["config"]["k"] == 9 and (tmp_path / "s" / "report" / "report.md").exists()
+    assert res["config"]["k"] == 9
+    assert (tmp_path / "s" / "report" / "report.md").read_text().startswith("# random against itself\n")
     run_cli(["suite", "--config", spec, "--out", tmp_path / "s2"])  # an option given here wins
     assert (tmp_path / "s2" / "rnd" / "knn" / "results.json").exists()
     spec.write_text("checkpoint: [random]\n")
