@@ -87,7 +87,7 @@ class _BatchNegatives(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder
 
-    inputs = staticmethod(MoCo.inputs)  # ((query view, key view), labels) batches, as MoCo
+    inputs = staticmethod(MoCo.two_views)  # ((query view, key view), labels) batches, as MoCo
 
     def after_step(self, state: None) -> None:
         """Nothing outside the optimiser: the keys are the query encoder's."""

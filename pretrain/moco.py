@@ -185,11 +185,15 @@ class MoCo(nn.Module):
         """The query encoder (the network that transfers)."""
         return self.encoder_q
 
+    @staticmethod
+    def two_views(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """((query view, key view), labels) batches: labels are ignored."""
+        (im_q, im_k), _ = batch
+        return im_q, im_k
+
     def inputs(self, batch) -> tuple[torch.Tensor, ...]:
-        """((query view, key view), labels) batches: labels are ignored, or with ``mask_own_keys`` are the
-        images' indices."""
-        (im_q, im_k), labels = batch
-        return (im_q, im_k, labels) if self.mask_own_keys else (im_q, im_k)
+        """:meth:`two_views`, and with ``mask_own_keys`` the images' indices (carried where labels would be)."""
+        return (*self.two_views(batch), batch[1]) if self.mask_own_keys else self.two_views(batch)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
