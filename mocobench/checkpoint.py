@@ -20,7 +20,7 @@ import hashlib
 import logging
 import pickle
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -537,16 +537,16 @@ def _stem(sd: dict[str, torch.Tensor], layout: Layout, options: LoadOptions, sou
     if recorded and options.stem and options.stem != recorded:
         raise CheckpointError(f"--stem {options.stem}: checkpoint {source} records the stem it was trained with, "
                               f"{recorded}")
-    options = replace(options, stem=options.stem or recorded)
+    asked = options.stem or recorded
     kernel = tuple(sd["conv1.weight"].shape[-2:])
     if kernel == (7, 7):
-        if options.stem not in (None, "standard"):
-            raise CheckpointError(f"--stem {options.stem}: checkpoint {source} has a standard 7x7 conv1")
+        if asked not in (None, "standard"):
+            raise CheckpointError(f"--stem {asked}: checkpoint {source} has a standard 7x7 conv1")
         return "standard"
     if kernel != (3, 3):
         raise CheckpointError(f"checkpoint {source}: conv1 is {kernel[0]}x{kernel[1]}; a ResNet stem is 7x7 (or 3x3 "
                               "for small images)")
-    stem = options.stem or layout.stem
+    stem = asked or layout.stem
     if not stem or stem == "standard":
         raise CheckpointError(
             f"checkpoint {source} has a small-image stem (3x3 conv1) whose padding the {layout.name} layout does not "

@@ -350,13 +350,14 @@ def sweep(name, sweep_out, knn_data, knn_set, points, **options) -> None:
     from mocobench.pretrain.config import ConfigError
     from mocobench.sweep import SweepError, check_sweep, run_sweep, sweep_points
 
+    base = PretrainConfig(out="", **options)
     try:  # every point and the kNN settings, before any folder or work
-        check_sweep(PretrainConfig(out="", **options), Path(sweep_out), sweep_points(name, points), knn_data, knn_set)
+        check_sweep(base, Path(sweep_out), sweep_points(name, points), knn_data, knn_set)
     except SweepError as e:
         raise click.ClickException(str(e)) from e
     setup_logging()
     try:
-        _run_then_report(lambda: run_sweep(name, PretrainConfig(out="", **options), sweep_out, knn_data, knn_set, points),
+        _run_then_report(lambda: run_sweep(name, base, sweep_out, knn_data, knn_set, points, checked=True),
                          SweepError, sweep_out, Path(sweep_out) / "report", baseline="", title=f"sweep: {name}")
     except (ConfigError, DataError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e

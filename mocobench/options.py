@@ -166,8 +166,7 @@ def check_config(cfg, flags: bool = False) -> None:
         ptype = click_type(tp, f.metadata)
         if isinstance(ptype, click.ParamType) and ptype is not click.BOOL:
             try:
-                ptype.convert(value if isinstance(ptype, NumberTuple) else str(value) if isinstance(
-                    ptype, click.Choice) else value, None, None)
+                ptype.convert(str(value) if isinstance(ptype, click.Choice) else value, None, None)
             except click.BadParameter as e:
                 raise click.BadParameter(f"{name(f.name)}={_shown(value)}: {e.message}") from e
         kind = f.metadata.get("exists")

@@ -99,16 +99,18 @@ def check_sweep(base: PretrainConfig, out: Path, points: tuple[dict, ...], knn_d
 
 
 def run_sweep(name: str, base: PretrainConfig, out: str | Path, knn_data: str, knn_overrides: tuple[str, ...] = (),
-              values: tuple[str, ...] = ()) -> list[Path]:
+              values: tuple[str, ...] = (), checked: bool = False) -> list[Path]:
     """Pretrain every point of sweep ``name`` from ``base`` (its ``out`` is replaced), then kNN; returns
-    the results files. ``knn_data`` is the kNN task's root (train + val splits)."""
+    the results files. ``knn_data`` is the kNN task's root (train + val splits). ``checked``: the caller ran
+    :func:`check_sweep` on the same arguments already."""
     from mocobench.pretrain.engine import NonFiniteLossError, pretrain
     from mocobench.transfer.run import run_transfer
 
     out = Path(out)
     results, failed = [], []
     points = sweep_points(name, values)
-    check_sweep(base, out, points, knn_data, knn_overrides)
+    if not checked:  # the CLI checks before it makes any folder (check_sweep lists the kNN splits: once is enough)
+        check_sweep(base, out, points, knn_data, knn_overrides)
     for i, changes in enumerate(points, start=1):
         label = point_label(changes)
         run_dir = out / label

@@ -251,10 +251,12 @@ class SaveOnSignal(HookBase):
     def __init__(self, stop: StopSignal) -> None:
         self.stop = stop
 
+    def before_train(self) -> None:  # the device of the agreement, once (launch has set each process's GPU)
+        device = self.trainer.cfg.MODEL.DEVICE
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device)
+
     def after_step(self) -> None:
-        device = torch.device(self.trainer.cfg.MODEL.DEVICE if self.trainer.cfg.MODEL.DEVICE != "cuda"
-                              else f"cuda:{torch.cuda.current_device()}")
-        if not self.stop.requested(device):
+        if not self.stop.requested(self.device):
             return
         it = self.trainer.iter
         name = f"model_{it:07d}"
