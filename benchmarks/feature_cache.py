@@ -29,11 +29,11 @@ import click
 import torch
 from torch.utils.data import DataLoader
 
+from mocobench.augment import eval_transform
 from mocobench.checkpoint import load_backbone
 from mocobench.datasets import ImageDataset, list_images
 from mocobench.evaluators.features import FeatureKey, dataset_identity, frozen_features
 from mocobench.log import setup_logging
-from mocobench.pretrain.augment import eval_transform
 from mocobench.transfer.run import run_transfer
 
 logger = logging.getLogger("bench")

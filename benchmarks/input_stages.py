@@ -35,9 +35,9 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import decode_jpeg
 
+from mocobench.augment import TwoCrops, moco_transform
+from mocobench.batch_augment import BatchAugment, CollateViews, TensorViews
 from mocobench.log import setup_logging
-from mocobench.pretrain.augment import TwoCrops, moco_transform
-from mocobench.pretrain.batch_augment import BatchAugment, CollateViews, TensorViews
 
 logger = logging.getLogger("bench")
 RESULTS = Path(__file__).parent / "results"

@@ -33,6 +33,7 @@ import torch
 from torchvision import transforms as T
 
 from mocobench import dist
+from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD
 from mocobench.datasets import (
     DataError,
     ImageDataset,
@@ -44,7 +45,6 @@ from mocobench.datasets import (
 from mocobench.evaluators.features import feature_key, frozen_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import option
-from mocobench.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 

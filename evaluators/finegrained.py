@@ -39,6 +39,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mocobench import dist
+from mocobench.augment import (
+    eval_transform,
+    ssl_transfer_eval_transform,
+    ssl_transfer_train_transform,
+)
 from mocobench.datasets import (
     DataError,
     EpochBatchSampler,
@@ -53,11 +58,6 @@ from mocobench.datasets import (
 from mocobench.evaluators.features import extract_features, feature_key, frozen_features, resnet_features
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.options import Rule, option
-from mocobench.pretrain.augment import (
-    eval_transform,
-    ssl_transfer_eval_transform,
-    ssl_transfer_train_transform,
-)
 
 logger = logging.getLogger(__name__)
 

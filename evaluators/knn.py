@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mocobench import dist
+from mocobench.augment import eval_transform
 from mocobench.checkpoint import load_projection_head
 from mocobench.datasets import (
     DataError,
@@ -34,7 +35,6 @@ from mocobench.datasets import (
 from mocobench.evaluators.features import FeatureKey, extract_features, feature_key, frozen_features
 from mocobench.evaluators.registry import TaskContext, register
 from mocobench.options import option
-from mocobench.pretrain.augment import eval_transform
 
 logger = logging.getLogger(__name__)
 

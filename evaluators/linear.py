@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from mocobench import dist
+from mocobench.augment import eval_transform, linear_train_transform
 from mocobench.checkpoint import atomic_save, read_checkpoint
 from mocobench.datasets import (
     EpochBatchSampler,
@@ -58,8 +59,7 @@ from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.metrics import MetricsWriter
 from mocobench.options import Rule, option
-from mocobench.pretrain.augment import eval_transform, linear_train_transform
-from mocobench.pretrain.schedule import lr_at_epoch
+from mocobench.schedule import lr_at_epoch
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "linear_last.pth"

@@ -43,7 +43,7 @@ from mocobench.evaluators.features import autocast
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.metrics import MetricsWriter
 from mocobench.options import Rule, option
-from mocobench.pretrain.schedule import lr_at_epoch
+from mocobench.schedule import lr_at_epoch
 from mocobench.segdata import (
     IGNORE,
     TRAIN_SPLITS,

@@ -31,6 +31,8 @@ from tqdm import tqdm
 import mocobench
 from mocobench import dist
 from mocobench.atomic import OutputFolderError, writable_folder
+from mocobench.augment import TwoCrops, linear_train_transform, moco_transform
+from mocobench.batch_augment import CollateViews, TensorViews
 from mocobench.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -45,15 +47,13 @@ from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_image
 from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
-from mocobench.pretrain.augment import TwoCrops, linear_train_transform, moco_transform
-from mocobench.pretrain.batch_augment import CollateViews, TensorViews
 from mocobench.pretrain.config import PAPER_BN_GROUPS, RESUMABLE_CHANGES, ConfigError, PretrainConfig
 from mocobench.pretrain.mechanisms import EndToEnd, MemoryBank, SimCLR
 from mocobench.pretrain.moco import MoCo
-from mocobench.pretrain.schedule import lr_at_epoch
 from mocobench.pretrain.split_bn import split_bn_resnet
 from mocobench.pretrain.supervised import Supervised
 from mocobench.results import package_versions
+from mocobench.schedule import lr_at_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out: Path, peri
 def training_views(method: str, aug: str, image_size: int, backend: str) -> tuple[Callable, Callable | None]:
     """The per-sample transform and the loader's ``collate_fn`` (None: the default) of a method's views:
     one labelled view (supervised, PIL), one view (memory_bank) or two (MoCo, end_to_end), made by the
-    PIL pipeline or by :mod:`~mocobench.pretrain.batch_augment` (``backend="tensor"``)."""
+    PIL pipeline or by :mod:`~mocobench.batch_augment` (``backend="tensor"``)."""
     if method == "supervised":
         return linear_train_transform(image_size), None
     views = 1 if method == "memory_bank" else 2

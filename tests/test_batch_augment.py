@@ -12,10 +12,10 @@ from helpers import TINY, run_cli
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from mocobench import batch_augment as B
+from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD, moco_transform
 from mocobench.checkpoint import load_backbone
 from mocobench.datasets import list_images, load_rgb
-from mocobench.pretrain import batch_augment as B
-from mocobench.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, moco_transform
 from mocobench.pretrain.config import ConfigError, PretrainConfig
 
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -7,9 +7,9 @@ import math
 import pytest
 from torchvision import transforms as T
 
-from mocobench.pretrain.augment import RandomGaussianBlur, moco_transform
+from mocobench.augment import RandomGaussianBlur, moco_transform
 from mocobench.pretrain.config import ConfigError, PretrainConfig
-from mocobench.pretrain.schedule import lr_at_epoch
+from mocobench.schedule import lr_at_epoch
 
 
 def test_defaults_are_the_published_recipes():

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 import torch
 
+from mocobench.augment import TwoCrops, moco_transform
 from mocobench.datasets import DataError, EpochBatchSampler, SeededImageDataset, list_images, load_rgb
-from mocobench.pretrain.augment import TwoCrops, moco_transform
 from mocobench.synth import SynthSpec, write_synthetic_classification
 
 

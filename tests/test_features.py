@@ -16,10 +16,10 @@ import torch.nn.functional as F
 import torchvision
 from helpers import free_port
 
+from mocobench.augment import eval_transform
 from mocobench.datasets import ImageDataset, list_images
 from mocobench.evaluators.features import FeatureCache, FeatureKey, dataset_identity, frozen_features, shard
 from mocobench.evaluators.knn import knn_scores, sharded_knn_scores
-from mocobench.pretrain.augment import eval_transform
 
 
 def _bank():

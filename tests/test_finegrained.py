@@ -9,8 +9,8 @@ from helpers import TINY, run_cli
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
+from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD
 from mocobench.evaluators.finegrained import FinegrainedConfig, holdout_split, select_and_fit
-from mocobench.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from mocobench.results import read_results
 
 

@@ -1,6 +1,6 @@
 """MoCo augmentation as batched tensor ops (``--aug-backend tensor``), with the PIL pipeline's random draws.
 
-The PIL pipeline (:func:`~mocobench.pretrain.augment.moco_transform`, the official one) costs ~0.5 ms per
+The PIL pipeline (:func:`~mocobench.augment.moco_transform`, the official one) costs ~0.5 ms per
 64 px view on one CPU core, most of it in per-image colour jitter, blur and tensor conversion. This
 backend splits the work in two:
 
@@ -30,7 +30,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
-from mocobench.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, RandomGaussianBlur, moco_transform
+from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD, RandomGaussianBlur, moco_transform
 
 # Columns of a view's parameter row.
 JITTER, FACTORS, ORDER, GRAY, BLUR, SIGMA, FLIP = 0, 1, 5, 9, 10, 11, 12

@@ -27,7 +27,7 @@ class RandomGaussianBlur:
         self.sigma = sigma
 
     def draw_sigma(self) -> float:
-        """One draw from torch's RNG (also used by :mod:`~mocobench.pretrain.batch_augment`)."""
+        """One draw from torch's RNG (also used by :mod:`~mocobench.batch_augment`)."""
         lo, hi = self.sigma
         return lo + (hi - lo) * float(torch.rand(()))
 
