@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 from torchvision.transforms.functional import pil_to_tensor
 
 from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD, RandomGaussianBlur, moco_transform
@@ -66,16 +67,26 @@ def photometric_stages(ops: list) -> list[str]:
     return stages
 
 
-def draw_view(ops: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """One view: the PIL crop as uint8 ``(3, S, S)`` and its parameter row ``(P,)``. Consumes torch's
-    RNG exactly as ``T.Compose(ops)(img)`` would (``ops`` checked by :func:`photometric_stages`)."""
+def crop_op(ops: list) -> T.RandomResizedCrop:
+    """The pipeline's ``RandomResizedCrop`` (every view of this module has one)."""
+    crops = [op for op in ops if isinstance(op, T.RandomResizedCrop)]
+    if len(crops) != 1:
+        raise TypeError(f"expected one RandomResizedCrop in {ops!r}")
+    return crops[0]
+
+
+def draw_params(ops: list, img: Image.Image) -> tuple[tuple[int, int, int, int], torch.Tensor]:
+    """One view's random draws: the crop box ``(top, left, height, width)`` and the parameter row ``(P,)``.
+    Consumes torch's RNG exactly as ``T.Compose(ops)(img)`` would (``ops`` checked by
+    :func:`photometric_stages`); only ``img.size`` is read, so a lazily opened file is not decoded."""
     row = torch.zeros(N_PARAMS)
+    box = (0, 0, 0, 0)
     for op in ops:
         inner = _unwrap(op)
         if isinstance(op, T.RandomApply) and op.p < torch.rand(1):  # as RandomApply.forward
             continue
-        if isinstance(inner, T.RandomResizedCrop):
-            img = inner(img)
+        if isinstance(inner, T.RandomResizedCrop):  # as RandomResizedCrop.forward, which then crops the box
+            box = tuple(inner.get_params(img, inner.scale, inner.ratio))
         elif isinstance(inner, T.ColorJitter):
             order, *factors = T.ColorJitter.get_params(inner.brightness, inner.contrast, inner.saturation, inner.hue)
             row[JITTER] = 1.0
@@ -87,7 +98,15 @@ def draw_view(ops: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
             row[BLUR], row[SIGMA] = 1.0, inner.draw_sigma()
         elif isinstance(inner, T.RandomHorizontalFlip):
             row[FLIP] = float(torch.rand(1) < inner.p)
-    return pil_to_tensor(img), row
+    return box, row
+
+
+def draw_view(ops: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view: the PIL crop as uint8 ``(3, S, S)`` and its parameter row ``(P,)`` (:func:`draw_params`;
+    the crop is ``RandomResizedCrop``'s own, bit for bit)."""
+    box, row = draw_params(ops, img)
+    crop = crop_op(ops)
+    return pil_to_tensor(TF.resized_crop(img, *box, crop.size, crop.interpolation, antialias=crop.antialias)), row
 
 
 class TensorViews:
@@ -184,6 +203,8 @@ class BatchAugment:
         self.stages = photometric_stages(ops)
 
     def __call__(self, crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """``crops`` uint8 and ``params`` on one device (the loader's CPU, or the training device for
+        ``--aug-device``); the result is on it too."""
         x = crops.float().div_(255)
         for stage in self.stages:
             if stage == "jitter":  # each (position, op) pair on the views that drew it
@@ -209,9 +230,10 @@ class BatchAugment:
 
 
 def _in_chunks(fn, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """``fn(x, f)`` computed CHUNK images at a time into ``x``: the temporaries then stay in cache (hue:
-    2x faster than on a whole batch)."""
-    for xc, fc in zip(x.split(CHUNK), f.split(CHUNK), strict=True):
+    """``fn(x, f)`` computed CHUNK images at a time into ``x`` on the CPU: the temporaries then stay in cache
+    (hue: 2x faster than on a whole batch); on an accelerator in one pass (fewer kernel launches)."""
+    chunk = CHUNK if x.device.type == "cpu" else max(1, x.shape[0])
+    for xc, fc in zip(x.split(chunk), f.split(chunk), strict=True):
         out = fn(xc, fc)
         if out is not xc:
             xc.copy_(out)

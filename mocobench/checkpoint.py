@@ -494,7 +494,8 @@ class BackboneInfo:
 
 #: The pretraining settings copied from a mocobench checkpoint into every results file.
 RECIPE_KEYS = ("method", "arch", "data", "epochs", "batch_size", "lr", "lr_schedule", "image_size",
-               "queue_size", "moco_m", "moco_t", "mlp", "aug", "bn_splits", "seed", "amp", "aug_backend")
+               "queue_size", "moco_m", "moco_t", "mlp", "aug", "bn_splits", "seed", "amp", "aug_backend",
+               "aug_device")
 
 
 def load_projection_head(source: str | Path, options: LoadOptions | None = None) -> nn.Module:

@@ -8,6 +8,7 @@ interrupted, which makes ``--resume`` exact even in the middle of an epoch.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -130,22 +131,66 @@ def eval_split(root: Path, name: str = "") -> Path:
     return resolve_split(root, (name,) if name else ("val", "test"))
 
 
+def bad_image(path: Path | str, e: Exception) -> DataError:
+    """The error for a file that cannot be decoded, naming it and the way out."""
+    return DataError(f"cannot decode image {path}: {type(e).__name__}: {e} (remove or replace the file, "
+                     "or pass --on-bad-image skip to leave such files out)")
+
+
+def _open(fp) -> Image.Image:
+    """PIL's lazy open (the header only), refusing a decompression bomb: PIL only warns between 1x and 2x its
+    pixel limit, then decodes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(fp)
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    with im:
+        if im.mode.startswith("I;16"):
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255.0 / 65535.0) + 0.5).astype(np.uint8))
+        return im.convert("RGB")
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Decode an image as 8-bit RGB (grayscale, palette, CMYK and 16-bit files included: 16-bit values
     are scaled by 255/65535, not clipped); a file that cannot be decoded raises :class:`DataError`."""
     try:
-        with warnings.catch_warnings():  # PIL only warns between 1x and 2x its pixel limit, then decodes: refuse
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        with im:
-            if im.mode.startswith("I;16"):
-                im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255.0 / 65535.0) + 0.5).astype(np.uint8))
-            return im.convert("RGB")
+        return _rgb(_open(path))
     except Exception as e:  # PIL raises several unrelated types for bad files
-        raise DataError(
-            f"cannot decode image {path}: {type(e).__name__}: {e} (remove or replace the file, "
-            "or pass --on-bad-image skip to leave such files out)"
-        ) from e
+        raise bad_image(path, e) from e
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """A file's bytes, undecoded, with its header opened by PIL (``size``, ``mode``, ``format``; no pixel
+    decoded): what a loader worker reads for ``--aug-device`` (:mod:`mocobench.device_views`)."""
+
+    path: Path
+    data: bytes
+    header: Image.Image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)``, as ``PIL.Image.size``."""
+        return self.header.size
+
+    def decode(self) -> Image.Image:
+        """The pixels as :func:`load_rgb` would decode them."""
+        try:
+            return _rgb(self.header)
+        except Exception as e:
+            raise bad_image(self.path, e) from e
+
+
+def read_encoded(path: Path) -> EncodedImage:
+    """Read a file's bytes and parse its header; a file whose header cannot be read raises :class:`DataError`
+    (a file truncated after its header fails when decoded, also naming it)."""
+    try:
+        data = Path(path).read_bytes()
+        return EncodedImage(Path(path), data, _open(io.BytesIO(data)))
+    except Exception as e:
+        raise bad_image(path, e) from e
 
 
 def find_bad_images(paths: tuple[Path, ...]) -> list[tuple[Path, str]]:
@@ -188,15 +233,18 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SeededImageDataset(Dataset):
     """Items are ``(index, seed)`` pairs: the image is decoded and ``transform`` runs under that seed.
 
-    Returns ``(transform(image), label)``. The global torch RNG of the calling process is restored
+    Returns ``(transform(read(path)), label)``; ``read`` decodes (:func:`load_rgb`) unless the transform takes
+    the file undecoded (:func:`read_encoded`, ``--aug-device``). The global torch RNG of the calling process is restored
     afterwards, so ``num_workers=0`` does not disturb the training process's RNG.
     :meth:`cache_decoded` keeps every decoded image in memory (a small data set is then decoded once,
     not once per epoch); the transform sees the same pixels either way.
     """
 
-    def __init__(self, images: ImageList, transform: Callable[[Image.Image], object]) -> None:
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], object],
+                 read: Callable[[Path], object] = load_rgb) -> None:
         self.images = images
         self.transform = transform
+        self.read = read
         self.decoded: list[Image.Image] | None = None
 
     def cache_decoded(self, max_mib: int) -> bool:
@@ -204,6 +252,9 @@ class SeededImageDataset(Dataset):
         fit in ``max_mib`` MiB; returns whether it did. Loader workers forked afterwards share the
         pixels copy-on-write."""
         if max_mib <= 0 or not len(self):
+            return False
+        if self.read is not load_rgb:
+            logger.info("decode cache: off (the views are decoded on the training device, --aug-device)")
             return False
         first = load_rgb(self.images.paths[0])
         need = first.width * first.height * 3 * len(self) / 2**20
@@ -222,7 +273,7 @@ class SeededImageDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        img = self.decoded[index] if self.decoded is not None else load_rgb(self.images.paths[index])
+        img = self.decoded[index] if self.decoded is not None else self.read(self.images.paths[index])
         with torch.random.fork_rng(devices=[]):
             # only the CPU generator: torch.manual_seed also queues a CUDA seeding with a formatted stack
             # trace when CUDA is not initialised (~70 us, as much as this sample's colour jitter)

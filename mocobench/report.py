@@ -35,7 +35,7 @@ BOOKKEEPING = frozenset({
 NOT_APPLICABLE = {"supervised": ("moco_m", "moco_t", "queue_size", "mlp", "aug"), "end_to_end": ("moco_m", "queue_size"),
                   "simclr": ("moco_m", "queue_size")}
 #: Speed settings shown in the recipes table only when they are not at their default.
-QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil"}
+QUIET_DEFAULTS = {"amp": "none", "aug_backend": "pil", "aug_device": "loader"}
 #: Row order of the tables (others follow alphabetically) and task families of the figures.
 ROW_ORDER = ("supervised", "moco_v2", "moco_v1", "random")
 FAMILIES = {"classification": ("knn", "linear", "finegrained", "fewshot", "voc07_svm"),

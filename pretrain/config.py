@@ -110,6 +110,11 @@ class PretrainConfig:
         "pil", "How the contrastive views are made: pil (the official per-image pipeline) or tensor (the same random "
         "draws and crop, then colour jitter, grayscale, blur and flip as batched tensor ops in the loader; within "
         "~1.3/255 of pil per pixel and faster: see README). Not for supervised.")
+    aug_device: Literal["loader", "cpu", "cuda"] = option(
+        "loader", "Where the views' pixels are made: loader (in the loader workers) or a device (with --aug-backend "
+        "tensor): the workers only read each file and draw its random parameters; decoding (torchvision's decode_jpeg, "
+        "nvJPEG on CUDA), the crop and the photometric ops run batched there, within 1/255 of the tensor backend. "
+        "cuda: the training GPU; cpu: the same path on the CPU (tests).")
     decode_cache_mib: int = option(
         1024, "Keep the decoded images in memory when they fit in this many MiB (decoded once, not every epoch); 0: never."
     , min=0)
@@ -140,6 +145,10 @@ class PretrainConfig:
         Rule(("aug_backend", "method"), lambda c: not (c.aug_backend == "tensor" and c.method == "supervised"),
              "--aug-backend pil for supervised (tensor makes the contrastive views; supervised uses the linear "
              "protocol's PIL transform)"),
+        Rule(("aug_device", "aug_backend"), lambda c: c.aug_device == "loader" or c.aug_backend == "tensor",
+             "--aug-backend tensor with --aug-device cpu or cuda (the device runs the tensor backend's ops)"),
+        Rule(("aug_device", "device"), lambda c: not (c.aug_device == "cuda" and c.device == "cpu"),
+             "--aug-device cuda only when training on CUDA (the views are made on the training device)"),
         Rule(("amp", "device"), lambda c: not (c.amp == "fp16" and c.device == "cpu"),
              "--amp bf16 on the CPU (fp16 needs CUDA)"),
         Rule(("mask_own_keys", "method"), lambda c: not c.mask_own_keys or c.method in MOCO_METHODS,

@@ -43,7 +43,8 @@ from mocobench.checkpoint import (
     set_stem,
     strip_wrappers,
 )
-from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
+from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images, load_rgb, read_encoded
+from mocobench.device_views import CollateFiles, DeviceViews, FileViews
 from mocobench.evaluators.knn import KnnEvaluator
 from mocobench.log import setup_logging
 from mocobench.metrics import MetricsWriter
@@ -297,9 +298,10 @@ def train_one_epoch(
     device: torch.device,
     metrics: MetricsWriter,
     stop: StopSignal,
+    views: DeviceViews | None = None,
 ) -> dict[str, float]:
     """Train until the epoch ends, ``cfg.max_steps`` is reached or a stop signal arrives; returns the
-    epoch's mean metrics."""
+    epoch's mean metrics. ``views`` makes each batch's views on the device (``--aug-device``)."""
     model.train()
     world = dist.get_world_size()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -318,6 +320,8 @@ def train_one_epoch(
     for batch in loader:
         if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
             break
+        if views is not None:
+            batch = views(batch)
         inputs = tuple(
             x.to(device, non_blocking=True, memory_format=fmt) if x.dim() == 4 else x.to(device, non_blocking=True)
             for x in method.inputs(batch)
@@ -379,13 +383,17 @@ def _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out: Path, peri
         atomic_save(payload, out / f"checkpoint_{progress.epoch:04d}.pth")
 
 
-def training_views(method: str, aug: str, image_size: int, backend: str) -> tuple[Callable, Callable | None]:
+def training_views(method: str, aug: str, image_size: int, backend: str,
+                   on_device: bool = False) -> tuple[Callable, Callable | None]:
     """The per-sample transform and the loader's ``collate_fn`` (None: the default) of a method's views:
     one labelled view (supervised, PIL), one view (memory_bank) or two (MoCo, end_to_end), made by the
-    PIL pipeline or by :mod:`~mocobench.batch_augment` (``backend="tensor"``)."""
+    PIL pipeline or by :mod:`~mocobench.batch_augment` (``backend="tensor"``); ``on_device``: only drawn
+    in the loader, made by :class:`~mocobench.device_views.DeviceViews` (``--aug-device``)."""
     if method == "supervised":
         return linear_train_transform(image_size), None
     views = 1 if method == "memory_bank" else 2
+    if on_device:
+        return FileViews(aug, image_size, views), CollateFiles()
     if backend == "tensor":
         return TensorViews(aug, image_size, views), CollateViews(aug, image_size)
     transform = moco_transform(aug, image_size)
@@ -423,8 +431,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     sampler = EpochBatchSampler(len(images), local_batch, cfg.seed, rank, world)
     if cfg.method == "memory_bank" or cfg.mask_own_keys:  # the batch carries image indices in place of labels
         images = dataclasses.replace(images, labels=tuple(range(len(images))))
-    transform, collate = training_views(cfg.method, cfg.aug, cfg.image_size, cfg.aug_backend)
-    dataset = SeededImageDataset(images, transform)
+    on_device = cfg.aug_device != "loader"
+    if on_device and device.type != cfg.aug_device:
+        raise ConfigError(f"--aug-device {cfg.aug_device} must be the training device ({device.type}; --device "
+                          f"{cfg.device}): the views are made where the model runs")
+    transform, collate = training_views(cfg.method, cfg.aug, cfg.image_size, cfg.aug_backend, on_device)
+    dataset = SeededImageDataset(images, transform, read_encoded if on_device else load_rgb)
+    device_views = DeviceViews(cfg.aug, cfg.image_size, device) if on_device else None
     dataset.cache_decoded(cfg.decode_cache_mib)
     loader = DataLoader(
         dataset,
@@ -506,7 +519,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 group["lr"] = lr
             sampler.set_epoch(epoch, progress.step)
             stats = train_one_epoch(
-                model, method, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics, stop
+                model, method, loader, optimizer, scaler, shuffle_gen, progress, cfg, device, metrics, stop,
+                device_views,
             )
             if progress.step < sampler.steps_per_epoch:  # stopped inside the epoch (--max-steps or a signal)
                 _save(cfg, method, optimizer, scaler, progress, shuffle_gen, out, periodic=False)

@@ -144,6 +144,8 @@ RULE_CASES = {
         {"amp": "fp16", "device": "cpu"},
         {"resume": "no-such-checkpoint.pth"},
         {"method": "supervised", "mask_own_keys": True},
+        {"aug_device": "cpu"},
+        {"aug_device": "cuda", "aug_backend": "tensor", "device": "cpu"},
     ],
     "task:linear": [{"epochs": 10, "lr_milestones": (5, 10)}, {"epochs": 10, "stop_at": 11}],
     "task:finegrained": [{"wd_min": 2.0, "wd_max": 1.0}],
