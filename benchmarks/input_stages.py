@@ -70,7 +70,7 @@ def main(data: str, images: int, batch: int, repeats: int) -> None:
     crops = [crop(im) for im in pil for _ in range(2)]
     tensor_views = TensorViews("v2", 224)
     drawn = [tensor_views(im) for im in pil]  # (crops uint8 (2, 3, S, S), params (2, P)) per image
-    augment = BatchAugment("v2", 224)
+    augment = BatchAugment(moco_transform("v2", 224).transforms)
     torch.manual_seed(0)
 
     def batches(seq):

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mocobench import dist
 from mocobench.atomic import atomic_write_text
 from mocobench.checkpoint import atomic_save
+from mocobench.device_views import DeviceEval, collate_images
 
 logger = logging.getLogger(__name__)
 
@@ -202,12 +203,14 @@ def shard(n: int, rank: int, world: int) -> range:
 def frozen_features(
     net: nn.Module, dataset: Dataset, key: FeatureKey, device: torch.device, batch_size: int = 256,
     workers: int = 4, cache: FeatureCache | None = None, head: nn.Module | None = None, gather: bool = True,
-    name: str = "features",
+    name: str = "features", on_device: DeviceEval | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unnormalised features and labels of ``dataset`` through the one path: from the cache when ``key`` is
     there, else extracted (each torchrun rank its :func:`shard` of the rows) and cached. ``gather=True``
     returns every row on every rank; ``False`` only this rank's block (the kNN bank: bounded memory per
-    process). Shape: (N or len(shard), D), (N or len(shard),), on ``device``."""
+    process). ``on_device``: the dataset yields :class:`~mocobench.device_views.FileImage` items, decoded and
+    transformed on the device (``--set aug_device=...``). Shape: (N or len(shard), D), (N or len(shard),), on
+    ``device``."""
     n, rank, world = len(dataset), dist.get_rank(), dist.get_world_size()
     mine = shard(n, rank, world)
     wanted = range(n) if gather else mine
@@ -223,7 +226,10 @@ def frozen_features(
             cache.invalidate(key)
         dist.barrier()
     t0 = time.perf_counter()
-    loader = DataLoader(Subset(dataset, list(mine)), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(Subset(dataset, list(mine)), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_images if on_device is not None else None)
+    if on_device is not None:
+        loader = map(on_device, loader)
     pool = "res5_k6s1" if key.features == "res5_k6s1" else "global"
     feats, labels = extract_features(net, loader, device, normalize=False, head=head, precision=key.precision,
                                      pool=pool)

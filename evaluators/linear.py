@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from mocobench import dist
@@ -51,9 +53,11 @@ from mocobench.datasets import (
     eval_split,
     list_images,
     on_bad_image_option,
+    read_encoded,
     resolve_split,
     sample_seed,
 )
+from mocobench.device_views import CollateFiles, DeviceEval, DeviceViews, FileImage, FileViews
 from mocobench.evaluators.features import autocast, feature_key, frozen_features, resnet_features
 from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
@@ -87,6 +91,10 @@ class LinearConfig:
     workers: int = option(4, "Data-loading workers.", min=0)
     amp: Literal["fp32", "bf16"] = option("fp32", "Backbone precision: fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
+    aug_device: Literal["loader", "cpu", "cuda"] = option(
+        "loader", "Where the images are decoded and transformed: loader (workers, PIL) or the training device "
+        "(workers read the bytes and draw the crop; decode_jpeg, the crop, flip and the test transform run batched "
+        "there, within 1/255 of PIL): the faithful mode's training views and the val and centre-crop features.")
     resume: bool = option(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
     stop_at: int = option(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.", min=0)
     tensorboard: bool = option(True, "Also write the per-epoch loss and val top-1 (<out>/metrics.jsonl) as TensorBoard "
@@ -96,6 +104,8 @@ class LinearConfig:
         Rule(("lr_milestones", "epochs"), lambda c: all(m < c.epochs for m in c.lr_milestones),
              "every milestone an epoch before the last (1 <= milestone < epochs)"),
         Rule(("stop_at", "epochs"), lambda c: c.stop_at <= c.epochs, "stop_at at most epochs (0: run to the end)"),
+        Rule(("aug_device", "device"), lambda c: not (c.aug_device == "cuda" and c.device == "cpu"),
+             "aug_device cuda only when the task runs on CUDA (the images are made on its device)"),
     )
 
 
@@ -136,18 +146,34 @@ def evaluate(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> dict[s
     return topk_accuracy(fc(feats), labels)
 
 
-def _collate(batch):
-    """default_collate, and None for a rank's empty piece of the last global batch."""
-    return default_collate(batch) if batch else None
+def _collate(batch, files: bool = False):
+    """default_collate (:class:`~mocobench.device_views.CollateFiles` for ``files``), and None for a rank's
+    empty piece of the last global batch."""
+    return (CollateFiles()(batch) if files else default_collate(batch)) if batch else None
 
 
-def _feature_batches(backbone, loader, device, precision: str, dim: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _eval_set(images, cfg: LinearConfig, device: torch.device):
+    """The test transform's data set, its cache-key description and its device half (None: PIL in the loader)."""
+    transform = eval_transform(cfg.image_size)
+    described = " ".join(repr(transform).split())
+    if cfg.aug_device == "loader":
+        return ImageDataset(images, transform), described, None
+    # the device's pixels differ from PIL's by a rounding step: another cache entry
+    return ImageDataset(images, FileImage(), read_encoded), f"{described} on the device", DeviceEval(
+        transform.transforms, device)
+
+
+def _feature_batches(backbone, loader, device, precision: str, dim: int,
+                     views: DeviceViews | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Frozen features of each global training batch (the backbone stays in eval mode, no gradient): this
-    process's piece, gathered with the other processes' pieces in rank order."""
+    process's piece, gathered with the other processes' pieces in rank order; ``views`` makes the images
+    on the device (``aug_device``)."""
     for batch in loader:
         if batch is None:
             feats, labels = torch.zeros(0, dim, device=device), torch.zeros(0, dtype=torch.long, device=device)
         else:
+            if views is not None:
+                batch = views(batch)
             with torch.no_grad(), autocast(device, precision):
                 feats = resnet_features(backbone, batch[0].to(device)).float()
             labels = batch[1].to(device)
@@ -189,10 +215,12 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     world = dist.get_world_size()
     if cfg.batch_size % world:
         raise TaskError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
-    val_ds = ImageDataset(val, eval_transform(cfg.image_size))
-    val_feats, val_labels = frozen_features(backbone, val_ds, feature_key(ctx, "backbone", val_ds.transform, val_ds,
-                                                                          cfg.amp),
-                                            device, cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear val")
+    if cfg.aug_device not in ("loader", device.type):
+        raise TaskError(f"aug_device {cfg.aug_device} must be the task's device ({device.type})")
+    val_ds, val_key, on_device = _eval_set(val, cfg, device)
+    val_feats, val_labels = frozen_features(backbone, val_ds, feature_key(ctx, "backbone", val_key, val_ds, cfg.amp),
+                                            device, cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear val",
+                                            on_device=on_device)
     dim = val_feats.shape[1]
     ctx.derived["processes"] = world
     torch.manual_seed(ctx.seed)
@@ -208,12 +236,16 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     else:
         sampler = EpochBatchSampler(len(train), cfg.batch_size // world, ctx.seed, dist.get_rank(), world,
                                     drop_last=False)
-        loader = DataLoader(SeededImageDataset(train, linear_train_transform(cfg.image_size)), batch_sampler=sampler,
-                            num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=_collate)
+        ops = linear_train_transform(cfg.image_size).transforms
+        views = DeviceViews(ops, device) if cfg.aug_device != "loader" else None
+        dataset = (SeededImageDataset(train, FileViews(ops, 1), read_encoded) if views is not None
+                   else SeededImageDataset(train, T.Compose(ops)))
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                            persistent_workers=cfg.workers > 0, collate_fn=partial(_collate, files=views is not None))
 
         def batches(epoch):
             sampler.set_epoch(epoch)
-            return _feature_batches(backbone, loader, device, cfg.amp, dim)
+            return _feature_batches(backbone, loader, device, cfg.amp, dim, views)
 
     reference = copy.deepcopy(backbone.state_dict())
     state_path = ctx.out / STATE_FILE
@@ -278,15 +310,15 @@ class SeededView(Dataset):
 def _cached_train_features(cfg: LinearConfig, ctx: TaskContext, backbone, train, device):
     """Centre-crop features of every training image, plus ``cached_views - 1`` seeded augmented views, all
     through the one feature path (the centre crops are the kNN bank's features: one cache entry)."""
-    centre = ImageDataset(train, eval_transform(cfg.image_size))
-    sets = [(centre, " ".join(repr(centre.transform).split()))]
-    for view in range(1, cfg.cached_views):
+    centre, described, on_device = _eval_set(train, cfg, device)
+    sets = [(centre, described, on_device)]
+    for view in range(1, cfg.cached_views):  # the augmented views: PIL in the loader (aug_device or not)
         ds = SeededView(train, linear_train_transform(cfg.image_size), ctx.seed, view)
-        sets.append((ds, f"{' '.join(repr(ds.transform).split())} seed={ctx.seed} view={view}"))
+        sets.append((ds, f"{' '.join(repr(ds.transform).split())} seed={ctx.seed} view={view}", None))
     feats, labels = [], []
-    for ds, transform in sets:
+    for ds, transform, views in sets:
         f, y = frozen_features(backbone, ds, feature_key(ctx, "backbone", transform, ds, cfg.amp), device,
-                               cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear train")
+                               cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear train", on_device=views)
         feats.append(f)
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)

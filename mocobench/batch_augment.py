@@ -193,10 +193,9 @@ _JITTER_OPS = (adjust_brightness_, adjust_contrast_, adjust_saturation_, adjust_
 
 class BatchAugment:
     """Per-batch half: ``(crops uint8 (N, 3, S, S), params (N, P)) -> normalised float32 (N, 3, S, S)``,
-    applying the stages in the order of ``moco_transform(aug)``."""
+    applying the stages of the transforms ``ops`` (e.g. ``moco_transform(aug, size).transforms``) in their order."""
 
-    def __init__(self, aug: str, image_size: int) -> None:
-        ops = moco_transform(aug, image_size).transforms
+    def __init__(self, ops: list) -> None:
         blur = [op.transforms[0] for op in ops if isinstance(op, T.RandomApply)
                 and isinstance(op.transforms[0], RandomGaussianBlur)]
         self.radius = math.ceil(3 * blur[0].sigma[1]) if blur else 0
@@ -246,7 +245,7 @@ class CollateViews:
     V = 1), each view ``(B, 3, S, S)`` float32."""
 
     def __init__(self, aug: str, image_size: int) -> None:
-        self.augment = BatchAugment(aug, image_size)
+        self.augment = BatchAugment(moco_transform(aug, image_size).transforms)
 
     def __call__(self, items: list) -> tuple[object, torch.Tensor]:
         crops = torch.stack([c for (c, _), _ in items], 1)  # (V, B, 3, S, S): view-major

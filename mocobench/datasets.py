@@ -285,15 +285,17 @@ class SeededImageDataset(Dataset):
 class ImageDataset(Dataset):
     """Deterministic (evaluation) dataset: ``dataset[i] = (transform(image_i), label_i)``."""
 
-    def __init__(self, images: ImageList, transform: Callable[[Image.Image], object]) -> None:
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], object],
+                 read: Callable[[Path], object] = load_rgb) -> None:
         self.images = images
         self.transform = transform
+        self.read = read
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return self.transform(load_rgb(self.images.paths[index])), self.images.labels[index]
+        return self.transform(self.read(self.images.paths[index])), self.images.labels[index]
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from mocobench.augment import moco_transform
 from mocobench.batch_augment import BatchAugment, crop_op, draw_params, photometric_stages
 from mocobench.datasets import EncodedImage, bad_image
 
@@ -56,22 +56,27 @@ class FileBatch:
 
 
 class FileViews:
-    """Per-sample half: ``EncodedImage -> (source, boxes (V, 4), params (V, P), name)`` for ``views`` views
-    (2 for MoCo's query and key, drawn one after the other as ``TwoCrops``; 1 for the memory bank)."""
+    """Per-sample half: ``EncodedImage -> (source, boxes (V, 4), params (V, P), name)`` for ``views`` views of
+    the transforms ``ops`` (2 for MoCo's query and key, drawn one after the other as ``TwoCrops``; 1 for the
+    memory bank and the linear protocol's training view)."""
 
-    def __init__(self, aug: str, image_size: int, views: int = 2) -> None:
-        self.ops = moco_transform(aug, image_size).transforms
+    def __init__(self, ops: list, views: int = 2) -> None:
+        self.ops = ops
         photometric_stages(self.ops)  # refuse a pipeline it cannot mirror now, not in a loader worker
         self.views = views
 
     def __call__(self, img: EncodedImage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
         drawn = [draw_params(self.ops, img.header) for _ in range(self.views)]
-        if (img.header.format, img.header.mode) in DEVICE_DECODED:
-            source = torch.frombuffer(bytearray(img.data), dtype=torch.uint8)
-        else:
-            source = torch.from_numpy(np.asarray(img.decode()).copy())
         boxes = torch.tensor([box for box, _ in drawn], dtype=torch.int64)
-        return source, boxes, torch.stack([row for _, row in drawn]), str(img.path)
+        return source_of(img), boxes, torch.stack([row for _, row in drawn]), str(img.path)
+
+
+def source_of(img: EncodedImage) -> torch.Tensor:
+    """What travels to the device: a JPEG's bytes ``(L,)`` when both decoders agree on its mode, else the
+    pixels decoded here ``(H, W, 3)``, uint8."""
+    if (img.header.format, img.header.mode) in DEVICE_DECODED:
+        return torch.frombuffer(bytearray(img.data), dtype=torch.uint8)
+    return torch.from_numpy(np.asarray(img.decode()).copy())
 
 
 class CollateFiles:
@@ -129,10 +134,9 @@ class DeviceViews:
     """Per-batch half, on ``device``: ``(FileBatch, labels) -> (views, labels)`` with ``views`` as the other
     backends give them (a list of V ``(B, 3, S, S)`` float32 tensors, a single tensor for V = 1)."""
 
-    def __init__(self, aug: str, image_size: int, device: torch.device) -> None:
-        ops = moco_transform(aug, image_size).transforms
+    def __init__(self, ops: list, device: torch.device) -> None:
         self.size = crop_op(ops).size
-        self.augment = BatchAugment(aug, image_size)
+        self.augment = BatchAugment(ops)
         self.device = device
 
     def decode_and_crop(self, files: FileBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,3 +150,52 @@ class DeviceViews:
         x = x.view(*files.boxes.shape[:2], *x.shape[1:])
         return (list(x.unbind(0)) if x.shape[0] > 1 else x[0]), labels
 
+
+
+# ------------------------------------------------------------------ the evaluation transform, on the device
+class FileImage:
+    """Per-sample half of the evaluation path (nothing is drawn): ``EncodedImage -> (source, name)``."""
+
+    def __call__(self, img: EncodedImage) -> tuple[torch.Tensor, str]:
+        return source_of(img), str(img.path)
+
+
+def collate_images(items: list) -> tuple[tuple[list[torch.Tensor], tuple[str, ...]], torch.Tensor]:
+    """DataLoader ``collate_fn`` for :class:`FileImage` items ``((source, name), label)``."""
+    return ([s for (s, _), _ in items], tuple(n for (_, n), _ in items)), torch.tensor([y for _, y in items])
+
+
+def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """``T.Resize(short)``'s output size: the short side becomes ``short``, the long one ``int(short * long /
+    short_side)`` (torchvision ``_compute_resized_output_size``)."""
+    if width <= height:
+        return int(short * height / width), short
+    return short, int(short * width / height)
+
+
+class DeviceEval:
+    """``Resize(R) + CenterCrop(S) + normalise`` (bilinear, antialiased; :func:`~mocobench.augment.eval_transform`,
+    the linear protocol's test transform) on ``device``: ``((sources, names), labels) -> ((B, 3, S, S), labels)``.
+    Within 1/255 of the PIL transform before normalisation (the resize's rounding)."""
+
+    def __init__(self, ops: list, device: torch.device) -> None:
+        kinds = [type(op) for op in ops]
+        if kinds != [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize] or ops[0].interpolation != T.InterpolationMode.BILINEAR \
+                or not isinstance(ops[0].size, int) and len(ops[0].size) != 1:
+            raise TypeError(f"the device path makes Resize(int, bilinear) + CenterCrop + normalise, not {ops!r}")
+        self.short = ops[0].size if isinstance(ops[0].size, int) else ops[0].size[0]
+        self.crop = tuple(ops[1].size)
+        self.mean = torch.tensor(ops[3].mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(ops[3].std, device=device).view(1, 3, 1, 1)
+        self.device = device
+
+    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        (sources, names), labels = batch
+        out = []
+        for img in decode_sources(sources, names, self.device):
+            size = resized_size(img.shape[1], img.shape[2], self.short)
+            x = F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+            top = int(round((size[0] - self.crop[0]) / 2.0))  # as CenterCrop
+            left = int(round((size[1] - self.crop[1]) / 2.0))
+            out.append(x[:, :, top : top + self.crop[0], left : left + self.crop[1]].round_().clamp_(0, 255))
+        return torch.cat(out).div_(255).sub_(self.mean).div_(self.std), labels

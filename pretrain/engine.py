@@ -393,7 +393,7 @@ def training_views(method: str, aug: str, image_size: int, backend: str,
         return linear_train_transform(image_size), None
     views = 1 if method == "memory_bank" else 2
     if on_device:
-        return FileViews(aug, image_size, views), CollateFiles()
+        return FileViews(moco_transform(aug, image_size).transforms, views), CollateFiles()
     if backend == "tensor":
         return TensorViews(aug, image_size, views), CollateViews(aug, image_size)
     transform = moco_transform(aug, image_size)
@@ -437,7 +437,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                           f"{cfg.device}): the views are made where the model runs")
     transform, collate = training_views(cfg.method, cfg.aug, cfg.image_size, cfg.aug_backend, on_device)
     dataset = SeededImageDataset(images, transform, read_encoded if on_device else load_rgb)
-    device_views = DeviceViews(cfg.aug, cfg.image_size, device) if on_device else None
+    device_views = DeviceViews(moco_transform(cfg.aug, cfg.image_size).transforms, device) if on_device else None
     dataset.cache_decoded(cfg.decode_cache_mib)
     loader = DataLoader(
         dataset,

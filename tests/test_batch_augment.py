@@ -24,7 +24,7 @@ MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD
 @pytest.mark.parametrize("aug", ["v1", "v2"])
 def test_tensor_views_draw_as_the_pil_pipeline_and_stay_within_rounding(shared_data, aug):
     paths = list_images(shared_data / "imagenette-sub" / "val").paths[::25]  # 20 real images, 10 classes
-    pil, views, augment = moco_transform(aug, 64), B.TensorViews(aug, 64, views=1), B.BatchAugment(aug, 64)
+    pil, views, augment = moco_transform(aug, 64), B.TensorViews(aug, 64, views=1), B.BatchAugment(moco_transform(aug, 64).transforms)
     crop = T.RandomResizedCrop(64, scale=(0.2, 1.0))
     diffs = []
     for seed, path in enumerate(paths):
@@ -76,7 +76,7 @@ def test_blur_is_a_gaussian_with_replicated_edges_per_image():
 
 def test_a_view_does_not_depend_on_its_batch(synth):
     img = load_rgb(list_images(synth / "train").paths[0])
-    views, augment = B.TensorViews("v2", 24, views=2), B.BatchAugment("v2", 24)
+    views, augment = B.TensorViews("v2", 24, views=2), B.BatchAugment(moco_transform("v2", 24).transforms)
     items = []
     for seed in range(20):  # 40 views: several chunks, every stage drawn by some
         torch.manual_seed(seed)

@@ -14,12 +14,21 @@ from helpers import TINY, run_cli
 from PIL import Image
 
 from mocobench import batch_augment as B
-from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD, moco_transform
-from mocobench.datasets import DataError, SeededImageDataset, list_images, load_rgb, read_encoded
-from mocobench.device_views import CollateFiles, DeviceViews, FileViews
+from mocobench.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform, moco_transform
+from mocobench.datasets import (
+    DataError,
+    ImageDataset,
+    SeededImageDataset,
+    list_images,
+    load_rgb,
+    read_encoded,
+)
+from mocobench.device_views import CollateFiles, DeviceEval, DeviceViews, FileImage, FileViews, collate_images
 from mocobench.pretrain.config import ConfigError, PretrainConfig
+from mocobench.results import read_results
 
 CPU = torch.device("cpu")
+V2 = moco_transform("v2", 32).transforms
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
@@ -50,13 +59,13 @@ def files(tmp_path_factory) -> Path:
 
 def _datasets(root: Path, views: int = 2):
     images = list_images(root)
-    return (images, SeededImageDataset(images, FileViews("v2", 32, views), read_encoded),
+    return (images, SeededImageDataset(images, FileViews(V2, views), read_encoded),
             SeededImageDataset(images, B.TensorViews("v2", 32, views)))
 
 
 def test_the_draws_are_the_tensor_backends_and_the_crops_within_one_level(files):
     images, device_path, tensor_path = _datasets(files)
-    views = DeviceViews("v2", 32, CPU)
+    views = DeviceViews(V2, CPU)
     for index in range(len(images)):
         item = (index, 1000 + index)
         state = torch.get_rng_state()
@@ -79,7 +88,7 @@ def test_the_draws_are_the_tensor_backends_and_the_crops_within_one_level(files)
 
 def test_views_stay_within_the_tensor_backends_distance_from_pil(files):
     images, device_path, _ = _datasets(files, views=1)
-    pil, views = moco_transform("v2", 32), DeviceViews("v2", 32, CPU)
+    pil, views = moco_transform("v2", 32), DeviceViews(V2, CPU)
     diffs = []
     for index in range(len(images)):
         torch.manual_seed(7 + index)
@@ -92,7 +101,7 @@ def test_views_stay_within_the_tensor_backends_distance_from_pil(files):
 
 def test_a_view_does_not_depend_on_its_batch(files):
     images, device_path, _ = _datasets(files)
-    views = DeviceViews("v2", 32, CPU)
+    views = DeviceViews(V2, CPU)
     items = [device_path[(i, 50 + i)] for i in range(len(images))]
     together, labels = views(CollateFiles()(items))
     assert labels.tolist() == list(images.labels)
@@ -108,10 +117,10 @@ def test_a_file_truncated_after_its_header_is_named(files, tmp_path):
     bad = tmp_path / "bad.jpg"
     data = jpeg.read_bytes()
     bad.write_bytes(data[: len(data) * 2 // 3])  # the header parses; the scan data is cut
-    item = (FileViews("v2", 32)(read_encoded(bad)), 0)
-    good = (FileViews("v2", 32)(read_encoded(jpeg)), 0)
+    item = (FileViews(V2)(read_encoded(bad)), 0)
+    good = (FileViews(V2)(read_encoded(jpeg)), 0)
     with pytest.raises(DataError, match=f"cannot decode image {bad}"):
-        DeviceViews("v2", 32, CPU)(CollateFiles()([good, item]))
+        DeviceViews(V2, CPU)(CollateFiles()([good, item]))
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="cannot decode image .*empty.jpg"):
         read_encoded(tmp_path / "empty.jpg")
@@ -138,3 +147,41 @@ def test_pretraining_with_views_on_the_device_resumes_exactly(files, tmp_path):
     run_cli(["pretrain", "--data", files, "--out", tmp_path / "c", "--epochs", "1", *TINY, "--batch-size", "4",
              "--aug-backend", "tensor", "--aug-device", "cpu", "--method", "memory_bank", "--queue-size", "8",
              "--max-steps", "1"])
+
+
+def test_the_test_transform_on_the_device_is_pils_within_one_level(files):
+    images = list_images(files)
+    transform = eval_transform(24)
+    ds = ImageDataset(images, FileImage(), read_encoded)
+    got, labels = DeviceEval(transform.transforms, CPU)(collate_images([ds[i] for i in range(len(ds))]))
+    assert labels.tolist() == list(images.labels)
+    for i, path in enumerate(images.paths):
+        want = transform(load_rgb(path))
+        diff = ((got[i] - want) * STD * 255).abs()
+        assert diff.max() < 1 + 1e-3, (path, diff.max())  # the resize's rounding; sizes 90x40 to 13x117
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(synth, tmp_path_factory) -> Path:
+    """The synthetic classification set (train and val) as JPEG files."""
+    root = tmp_path_factory.mktemp("jpeg")
+    for png in synth.rglob("*.png"):
+        out = root / png.relative_to(synth).with_suffix(".jpg")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").save(out, quality=95)
+    return root
+
+
+def test_the_linear_protocol_on_the_device_trains_as_in_the_loader(jpeg_folder, tmp_path):
+    base = ["transfer", "random", "--task", "linear", "--arch", "resnet18", "--data", jpeg_folder, "--set",
+            "image_size=32",
+            "--set", "batch_size=32", "--set", "workers=0", "--set", "epochs=2", "--set", "device=cpu"]
+    run_cli([*base, "--out", tmp_path / "loader"])
+    run_cli([*base, "--out", tmp_path / "device", "--set", "aug_device=cpu"])
+    loader, device = (read_results(tmp_path / d / "results.json") for d in ("loader", "device"))
+    assert device["config"]["aug_device"] == "cpu"
+    # the same crops and flips from the same seeds; pixels within a rounding step: the same curve within 1%
+    for a, b in zip(loader["config"]["derived"]["history"], device["config"]["derived"]["history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
+    r = run_cli([*base, "--out", tmp_path / "bad", "--set", "aug_device=cuda"], expect_ok=False)
+    assert "aug_device cuda only when the task runs on CUDA" in r.output
