@@ -17,6 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mocobench import dist
 from mocobench.atomic import atomic_write_text
+from mocobench.augment import eval_transform
 from mocobench.checkpoint import atomic_save
-from mocobench.device_views import DeviceEval, collate_images
+from mocobench.datasets import ImageDataset, ImageList, read_encoded
+from mocobench.device_views import DeviceEval, FileImage, collate_images
+from mocobench.evaluators.registry import TaskError
+from mocobench.options import Rule, option
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +197,35 @@ def feature_key(ctx, features: str, transform, dataset: Dataset, precision: str)
         checkpoint = f"random:{info.arch}:{info.stem}:seed{ctx.seed}"
     described = transform if isinstance(transform, str) else " ".join(repr(transform).split())
     return FeatureKey(checkpoint, info.normalize, features, described, dataset_identity(dataset), precision)
+
+
+AugDevice = Literal["loader", "cpu", "cuda"]
+
+
+def aug_device_option(what: str):
+    """The ``aug_device`` field of the tasks whose images can be made on the device (issue 18)."""
+    return option("loader", "Where the images are decoded and transformed: loader (the workers, PIL) or the task's "
+                  "device (cpu, cuda): the workers read the bytes (and draw the crops), decode_jpeg and the transforms "
+                  f"run batched there, within 1/255 of PIL. Applies to {what}.")
+
+
+AUG_DEVICE_RULE = Rule(("aug_device", "device"), lambda c: not (c.aug_device == "cuda" and c.device == "cpu"),
+                       "aug_device cuda only when the task runs on CUDA (the images are made on its device)")
+
+
+def eval_set(images: ImageList, image_size: int, aug_device: str, device: torch.device
+             ) -> tuple[Dataset, str, DeviceEval | None]:
+    """The test transform's (:func:`~mocobench.augment.eval_transform`) data set of ``images``, its cache-key
+    description and, for ``aug_device`` other than loader, its device half (:func:`frozen_features`'s
+    ``on_device``). The device's pixels differ from PIL's by a rounding step: another cache entry."""
+    transform = eval_transform(image_size)
+    described = " ".join(repr(transform).split())
+    if aug_device == "loader":
+        return ImageDataset(images, transform), described, None
+    if aug_device != device.type:
+        raise TaskError(f"aug_device {aug_device} must be the task's device ({device.type}; --set device=...)")
+    return (ImageDataset(images, FileImage(), read_encoded), f"{described} on the device",
+            DeviceEval(transform.transforms, device))
 
 
 def shard(n: int, rank: int, world: int) -> range:

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,16 @@ from mocobench.datasets import (
     on_bad_image_option,
     resolve_split,
 )
-from mocobench.evaluators.features import FeatureKey, extract_features, feature_key, frozen_features
+from mocobench.evaluators.features import (
+    AUG_DEVICE_RULE,
+    AugDevice,
+    FeatureKey,
+    aug_device_option,
+    eval_set,
+    extract_features,
+    feature_key,
+    frozen_features,
+)
 from mocobench.evaluators.registry import TaskContext, register
 from mocobench.options import option
 
@@ -189,7 +198,10 @@ class KnnConfig:
     chunk_size: int = option(1024, "Queries per similarity block (bounds memory).", min=1)
     amp: Literal["fp32", "bf16"] = option("fp32", "Feature extraction precision: fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
+    aug_device: AugDevice = aug_device_option("the bank's and the queries' features")
     on_bad_image: OnBadImage = on_bad_image_option()
+
+    RULES: ClassVar = (AUG_DEVICE_RULE,)
 
 
 def knn_splits(cfg: KnnConfig) -> tuple[ImageList, ImageList]:
@@ -212,12 +224,12 @@ def run_knn(cfg: KnnConfig, ctx: TaskContext) -> dict[str, float]:
     device = dist.select_device(cfg.device)
     head = load_projection_head(ctx.info.source).to(device) if cfg.features == "head" else None
     net = ctx.backbone.to(device)
-    tf = eval_transform(cfg.image_size)
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for images, gather, name in ((bank_images, False, "kNN bank"), (query_images, True, "kNN queries")):
-        ds = ImageDataset(images, tf)
-        key: FeatureKey = feature_key(ctx, cfg.features, tf, ds, cfg.amp)
-        f, y = frozen_features(net, ds, key, device, cfg.batch_size, cfg.workers, ctx.feature_cache, head, gather, name)
+        ds, described, on_device = eval_set(images, cfg.image_size, cfg.aug_device, device)
+        key: FeatureKey = feature_key(ctx, cfg.features, described, ds, cfg.amp)
+        f, y = frozen_features(net, ds, key, device, cfg.batch_size, cfg.workers, ctx.feature_cache, head, gather, name,
+                               on_device)
         out.append((F.normalize(f, dim=1), y))
     (bank, bank_y), (queries, y) = out
     scores = sharded_knn_scores(queries, bank, bank_y, len(bank_images.classes), cfg.k, cfg.t, cfg.chunk_size)

@@ -43,11 +43,10 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from mocobench import dist
-from mocobench.augment import eval_transform, linear_train_transform
+from mocobench.augment import linear_train_transform
 from mocobench.checkpoint import atomic_save, read_checkpoint
 from mocobench.datasets import (
     EpochBatchSampler,
-    ImageDataset,
     OnBadImage,
     SeededImageDataset,
     eval_split,
@@ -57,8 +56,17 @@ from mocobench.datasets import (
     resolve_split,
     sample_seed,
 )
-from mocobench.device_views import CollateFiles, DeviceEval, DeviceViews, FileImage, FileViews
-from mocobench.evaluators.features import autocast, feature_key, frozen_features, resnet_features
+from mocobench.device_views import CollateFiles, DeviceViews, FileViews
+from mocobench.evaluators.features import (
+    AUG_DEVICE_RULE,
+    AugDevice,
+    aug_device_option,
+    autocast,
+    eval_set,
+    feature_key,
+    frozen_features,
+    resnet_features,
+)
 from mocobench.evaluators.knn import topk_accuracy
 from mocobench.evaluators.registry import TaskContext, TaskError, register
 from mocobench.metrics import MetricsWriter
@@ -91,10 +99,8 @@ class LinearConfig:
     workers: int = option(4, "Data-loading workers.", min=0)
     amp: Literal["fp32", "bf16"] = option("fp32", "Backbone precision: fp32, or bf16 under autocast.")
     device: str = option("auto", "auto, cpu or cuda.")
-    aug_device: Literal["loader", "cpu", "cuda"] = option(
-        "loader", "Where the images are decoded and transformed: loader (workers, PIL) or the training device "
-        "(workers read the bytes and draw the crop; decode_jpeg, the crop, flip and the test transform run batched "
-        "there, within 1/255 of PIL): the faithful mode's training views and the val and centre-crop features.")
+    aug_device: AugDevice = aug_device_option("the faithful mode's training views (RRC + flip) and the val and "
+                                              "centre-crop features")
     resume: bool = option(True, "Continue <out>/linear_last.pth when it exists (faithful mode).")
     stop_at: int = option(0, "faithful mode: stop after this epoch without results (resume later); 0 = run to the end.", min=0)
     tensorboard: bool = option(True, "Also write the per-epoch loss and val top-1 (<out>/metrics.jsonl) as TensorBoard "
@@ -104,8 +110,7 @@ class LinearConfig:
         Rule(("lr_milestones", "epochs"), lambda c: all(m < c.epochs for m in c.lr_milestones),
              "every milestone an epoch before the last (1 <= milestone < epochs)"),
         Rule(("stop_at", "epochs"), lambda c: c.stop_at <= c.epochs, "stop_at at most epochs (0: run to the end)"),
-        Rule(("aug_device", "device"), lambda c: not (c.aug_device == "cuda" and c.device == "cpu"),
-             "aug_device cuda only when the task runs on CUDA (the images are made on its device)"),
+        AUG_DEVICE_RULE,
     )
 
 
@@ -150,17 +155,6 @@ def _collate(batch, files: bool = False):
     """default_collate (:class:`~mocobench.device_views.CollateFiles` for ``files``), and None for a rank's
     empty piece of the last global batch."""
     return (CollateFiles()(batch) if files else default_collate(batch)) if batch else None
-
-
-def _eval_set(images, cfg: LinearConfig, device: torch.device):
-    """The test transform's data set, its cache-key description and its device half (None: PIL in the loader)."""
-    transform = eval_transform(cfg.image_size)
-    described = " ".join(repr(transform).split())
-    if cfg.aug_device == "loader":
-        return ImageDataset(images, transform), described, None
-    # the device's pixels differ from PIL's by a rounding step: another cache entry
-    return ImageDataset(images, FileImage(), read_encoded), f"{described} on the device", DeviceEval(
-        transform.transforms, device)
 
 
 def _feature_batches(backbone, loader, device, precision: str, dim: int,
@@ -215,9 +209,7 @@ def run_linear(cfg: LinearConfig, ctx: TaskContext) -> dict[str, float] | None:
     world = dist.get_world_size()
     if cfg.batch_size % world:
         raise TaskError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
-    if cfg.aug_device not in ("loader", device.type):
-        raise TaskError(f"aug_device {cfg.aug_device} must be the task's device ({device.type})")
-    val_ds, val_key, on_device = _eval_set(val, cfg, device)
+    val_ds, val_key, on_device = eval_set(val, cfg.image_size, cfg.aug_device, device)
     val_feats, val_labels = frozen_features(backbone, val_ds, feature_key(ctx, "backbone", val_key, val_ds, cfg.amp),
                                             device, cfg.batch_size, cfg.workers, ctx.feature_cache, name="linear val",
                                             on_device=on_device)
@@ -310,7 +302,7 @@ class SeededView(Dataset):
 def _cached_train_features(cfg: LinearConfig, ctx: TaskContext, backbone, train, device):
     """Centre-crop features of every training image, plus ``cached_views - 1`` seeded augmented views, all
     through the one feature path (the centre crops are the kNN bank's features: one cache entry)."""
-    centre, described, on_device = _eval_set(train, cfg, device)
+    centre, described, on_device = eval_set(train, cfg.image_size, cfg.aug_device, device)
     sets = [(centre, described, on_device)]
     for view in range(1, cfg.cached_views):  # the augmented views: PIL in the loader (aug_device or not)
         ds = SeededView(train, linear_train_transform(cfg.image_size), ctx.seed, view)

@@ -185,3 +185,25 @@ def test_the_linear_protocol_on_the_device_trains_as_in_the_loader(jpeg_folder, 
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
     r = run_cli([*base, "--out", tmp_path / "bad", "--set", "aug_device=cuda"], expect_ok=False)
     assert "aug_device cuda only when the task runs on CUDA" in r.output
+
+
+def test_frozen_features_made_on_the_device_are_the_loaders_within_rounding(jpeg_folder, tmp_path):
+    from mocobench.checkpoint import load_backbone
+    from mocobench.evaluators.features import FeatureKey, eval_set, frozen_features
+
+    net, _ = load_backbone("random", arch="resnet18", seed=0)
+    images = list_images(jpeg_folder / "val")
+    got = {}
+    for where in ("loader", "cpu"):
+        ds, described, on_device = eval_set(images, 32, where, CPU)
+        assert described.endswith("on the device") == (where == "cpu")  # separate feature-cache entries
+        key = FeatureKey("random:resnet18:0", "imagenet", "backbone", described, "", "fp32")
+        got[where] = frozen_features(net.eval(), ds, key, CPU, 8, 0, on_device=on_device)
+    assert torch.equal(got["loader"][1], got["cpu"][1])
+    # measured: 0.3% of the largest feature (mean |feature| 0.26, max 3.6); another crop or resize is far off
+    a, b = got["loader"][0], got["cpu"][0]
+    assert (a - b).abs().max() < 0.01 * a.abs().max(), ((a - b).abs().max(), a.abs().max())
+    r = run_cli(["transfer", "random", "--task", "knn", "--arch", "resnet18", "--data", jpeg_folder, "--out",
+                 tmp_path / "knn", "--set", "image_size=32", "--set", "k=5", "--set", "workers=0",
+                 "--set", "aug_device=cpu", "--set", "device=cpu"])
+    assert read_results(tmp_path / "knn" / "results.json")["config"]["aug_device"] == "cpu", r.output

@@ -147,7 +147,9 @@ RULE_CASES = {
         {"aug_device": "cpu"},
         {"aug_device": "cuda", "aug_backend": "tensor", "device": "cpu"},
     ],
-    "task:linear": [{"epochs": 10, "lr_milestones": (5, 10)}, {"epochs": 10, "stop_at": 11}],
+    "task:linear": [{"epochs": 10, "lr_milestones": (5, 10)}, {"epochs": 10, "stop_at": 11},
+                    {"aug_device": "cuda", "device": "cpu"}],
+    "task:knn": [{"aug_device": "cuda", "device": "cpu"}],
     "task:finegrained": [{"wd_min": 2.0, "wd_max": 1.0}],
     **{f"task:{t}": [{"scale_range": (2.0, 1.0)}, {"scale_range": (0.5,)}, {"iterations": 10, "stop_at": 20}]
        for t in ("voc_seg", "cityscapes_seg")},
