@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks, for a session lent a CUDA machine (the `device` tool); CI never runs this.
-# Data travels in .gpudata/ (cifar10-sub and 150 images per class of imagenette-sub/train), the peer's
-# wheel in .whl/ (lightly 1.6.0; the machine's image has its dependencies). Results land in
+# Data travels in .gpudata/ (cifar10-sub, 150 images per class of imagenette-sub/train, voc-from-coco), the
+# peer's wheel in .whl/ (lightly 1.6.0; the machine's image has its dependencies), detectron2's pure-Python
+# route in .whl/d2/: `bash benchmarks/gpu_prepare.sh` fills both. Results land in
 # benchmarks/results/*_gpu.* and are copied to $OUT.
-#   usage: bash benchmarks/gpu_checks.sh smoke|step|cost|features|seg|amp ...
+#   usage: bash benchmarks/gpu_checks.sh smoke|step|augdev|cost|features|seg|det|amp ...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
@@ -29,7 +30,32 @@ for part in "$@"; do
   step)
     python3 benchmarks/pretrain_step.py --device cuda --arch resnet50 --size 224 --batch 128 --queue 65536 --m 0.999 \
       --workers 12 --rounds 2 --steps 15 --data $D/imagenette-half/train --name pretrain_step_gpu \
-      --variants "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last,mocobench bf16 tensor-aug" 2>&1 | grep -v "it/s" | tail -20
+      --variants "lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last,mocobench bf16 tensor-aug,mocobench bf16 device-aug,mocobench bf16+channels_last device-aug" 2>&1 | grep -v "it/s" | tail -24
+    ;;
+  augdev)  # issue 18: --aug-device cuda end to end (pretraining with resume, kNN and the faithful linear protocol)
+    common="--data $D/imagenette-half/train --arch resnet50 --image-size 224 --batch-size 128 --queue-size 65536 --moco-m 0.999 --workers 12 --device cuda --amp bf16 --channels-last --aug-backend tensor --aug-device cuda --log-every 5"
+    mocobench pretrain $common --out /tmp/a-dev --epochs 2 --max-steps 12 2>&1 | grep -v "it/s" | tail -3
+    mocobench pretrain $common --out /tmp/a-dev --epochs 2 --max-steps 24 2>&1 | grep -E "resumed|epoch 1/2:" | tail -2
+    for where in loader cuda; do
+      /usr/bin/time -f "knn aug_device=$where %e s" mocobench transfer --task knn /tmp/a-dev/checkpoint_last.pth \
+        --out /tmp/a-knn-$where --overwrite --set data=$D/cifar10-sub --set device=cuda --set workers=12 \
+        --set aug_device=$where 2>&1 | grep -E "images/s|top1" | tail -3
+      /usr/bin/time -f "linear aug_device=$where %e s" mocobench transfer --task linear /tmp/a-dev/checkpoint_last.pth \
+        --out /tmp/a-lin-$where --overwrite --set data=$D/cifar10-sub --set device=cuda --set workers=12 \
+        --set epochs=2 --set aug_device=$where 2>&1 | grep -E "linear epoch|images/s" | tail -3
+    done
+    ;;
+  det)  # detectron2 on CUDA for the first time: voc_det with SyncBN (one process), a few iterations
+    for w in .whl/d2/*; do
+      case $w in *sal_detectron2*) python3 -m zipfile -e "$w" /tmp/site && rm -f /tmp/site/detectron2/_C.*.so ;;
+        *) python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site "$w" 2>/dev/null ;; esac
+    done
+    python3 -c "import detectron2, fvcore, pycocotools; print('detectron2', detectron2.__version__)" || exit 1
+    for norm in SyncBN BN; do
+      /usr/bin/time -f "voc_det $norm %e s" mocobench transfer --task voc_det random --arch resnet50 \
+        --data $D/voc-from-coco --out /tmp/d-$norm --overwrite --set device=cuda --set norm=$norm \
+        --set train_sets=07 --set SOLVER.MAX_ITER=40 2>&1 | grep -iE "iter: 39|AP50|error" | tail -3
+    done
     ;;
   cost)
     python3 benchmarks/mechanism_cost.py --device cuda --arch resnet50 --size 224 --batches 32,256 --steps 5 --name mechanism_cost_gpu 2>&1 | tail -13

@@ -13,7 +13,10 @@ pipeline must do per file; everything else is what a device-side pipeline could 
 * photometric, tensor backend: ``BatchAugment`` on the batch of uint8 crops (the same ops batched), per image;
 * collate: stacking two (B, 3, 224, 224) float batches;
 * end to end: PIL (``TwoCrops(moco_transform("v2", 224))`` + collate) and the tensor backend (``TensorViews`` +
-  ``CollateViews``), the way the loaders run them, per image.
+  ``CollateViews``), the way the loaders run them, per image;
+* ``--aug-device`` (:mod:`mocobench.device_views`): its loader half (read the file, parse the header, draw both
+  views' parameters, collate: what each worker does) and its device half run on this CPU (``decode_jpeg`` of the
+  batch, crop + resize, the batched photometric ops): on a GPU the second half leaves the CPU.
 
     python benchmarks/input_stages.py --data ../shared/data/imagenette-sub/train --images 256
 Writes ``benchmarks/results/input_stages_cpu.{json,md}``.
@@ -37,6 +40,8 @@ from torchvision.io import decode_jpeg
 
 from mocobench.augment import TwoCrops, moco_transform
 from mocobench.batch_augment import BatchAugment, CollateViews, TensorViews
+from mocobench.datasets import read_encoded
+from mocobench.device_views import CollateFiles, DeviceViews, FileViews
 from mocobench.log import setup_logging
 
 logger = logging.getLogger("bench")
@@ -93,6 +98,22 @@ def main(data: str, images: int, batch: int, repeats: int) -> None:
         for chunk in batches(raw):
             collate_views([(tensor_views(Image.open(io.BytesIO(b)).convert("RGB")), 0) for b in chunk])
 
+    ops = moco_transform("v2", 224).transforms
+    file_views, collate_files, device_views = FileViews(ops), CollateFiles(), DeviceViews(ops, torch.device("cpu"))
+
+    def loader_half():
+        return [collate_files([(file_views(read_encoded(f)), 0) for f in chunk]) for chunk in batches(files)]
+
+    file_batches = loader_half()
+
+    def device_half():
+        for b in file_batches:
+            device_views(b)
+
+    def end_to_end_device():
+        for b in loader_half():
+            device_views(b)
+
     stages = {
         "read": lambda: [f.read_bytes() for f in files],
         "decode (PIL)": lambda: [Image.open(io.BytesIO(b)).convert("RGB") for b in raw],
@@ -104,6 +125,9 @@ def main(data: str, images: int, batch: int, repeats: int) -> None:
         "collate (stack 2 views)": lambda: [torch.stack(views[:batch]) for _ in range(len(raw) // batch)],
         "end to end, PIL backend": end_to_end_pil,
         "end to end, tensor backend": end_to_end_tensor,
+        "--aug-device: loader half (read + header + draws + collate, 2 views)": loader_half,
+        "--aug-device: device half on this CPU (decode_jpeg + crop/resize + photometric, batched)": device_half,
+        "end to end, --aug-device cpu": end_to_end_device,
     }
     rows = {}
     for name, fn in stages.items():

@@ -41,7 +41,9 @@ import torch
 import torchvision
 from torch import nn
 
-from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images
+from mocobench.augment import moco_transform
+from mocobench.datasets import EpochBatchSampler, SeededImageDataset, list_images, load_rgb, read_encoded
+from mocobench.device_views import DeviceViews
 from mocobench.log import setup_logging
 from mocobench.pretrain.config import PretrainConfig
 from mocobench.pretrain.engine import _autocast, build_model, train_step, training_views
@@ -132,7 +134,8 @@ class Ours:
 class Variant:
     """One implementation and its settings. mocobench shuffles BN (8 split-BN groups on one process)
     unless ``bn_splits`` says otherwise; the peer does not. ``aug_backend`` is mocobench's
-    ``--aug-backend`` (it only changes the pipeline measurement)."""
+    ``--aug-backend`` (it only changes the pipeline measurement); ``device`` is ``--aug-backend tensor
+    --aug-device <the training device>``."""
 
     impl: str
     amp: str = "none"
@@ -154,6 +157,10 @@ VARIANTS: dict[str, Variant] = {
     "mocobench fp32 tensor-aug": Variant("mocobench", aug_backend="tensor"),
     "mocobench bf16+channels_last tensor-aug": Variant("mocobench", "bf16", True, aug_backend="tensor"),
     "mocobench fp16+channels_last": Variant("mocobench", "fp16", True),
+    # --aug-device: the workers read and draw; decode, crop and photometric ops on the training device
+    "mocobench fp32 device-aug": Variant("mocobench", aug_backend="device"),
+    "mocobench bf16 device-aug": Variant("mocobench", "bf16", aug_backend="device"),
+    "mocobench bf16+channels_last device-aug": Variant("mocobench", "bf16", True, aug_backend="device"),
 }
 CPU_VARIANTS = ("lightly fp32,lightly bf16,mocobench fp32,mocobench bf16,mocobench bf16+channels_last,"
                 "mocobench fp32 tensor-aug,mocobench bf16 tensor-aug,mocobench bf16+channels_last tensor-aug")
@@ -187,8 +194,11 @@ def peer_batches(root: str, s: Setting, workers: int) -> Iterator[tuple[torch.Te
 def our_batches(root: str, s: Setting, workers: int, backend: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     images = list_images(root)
     sampler = EpochBatchSampler(len(images), s.batch, seed=0)
-    transform, collate = training_views("moco_v2", "v2", s.size, backend)  # as `mocobench pretrain`
-    dataset = SeededImageDataset(images, transform)
+    on_device = backend == "device"
+    transform, collate = training_views("moco_v2", "v2", s.size, "tensor" if on_device else backend,
+                                        on_device)  # as `mocobench pretrain`
+    dataset = SeededImageDataset(images, transform, read_encoded if on_device else load_rgb)
+    views = DeviceViews(moco_transform("v2", s.size).transforms, torch.device(s.device)) if on_device else None
     t0 = time.perf_counter()
     if dataset.cache_decoded(PretrainConfig.decode_cache_mib):  # as `mocobench pretrain` does by default
         logger.info("decode cache built in %.1f s (once per run; not in the timed steps)", time.perf_counter() - t0)
@@ -196,7 +206,8 @@ def our_batches(root: str, s: Setting, workers: int, backend: str) -> Iterator[t
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
-        for (x_q, x_k), _ in loader:
+        for batch in loader:
+            (x_q, x_k), _ = views(batch) if views is not None else batch
             yield x_q, x_k
         epoch += 1
 
