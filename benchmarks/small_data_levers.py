@@ -111,6 +111,11 @@ def main(data, out, tag, levers, seeds, epochs, image_size, batch_size, queue, m
             results_file.write_text(json.dumps(res, indent=2) + "\n")  # after every run: resumable
             logger.info("%s seed %d: kNN %.2f", name, seed, row["knn"][str(seed)])
     results_file.write_text(json.dumps(res, indent=2) + "\n")
+    write_table(res, tag)
+
+
+def write_table(res: dict, tag: str) -> None:
+    """``small_data_levers_<tag>.md`` from the results (also called by ``peer_pretrain.py``)."""
     md = ["| setting | kNN top-1 per seed | mean | spread (max-min) | time per run (s) |", "|---|---|---|---|---|"]
     for name, row in res["rows"].items():
         v = list(row["knn"].values())

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from mocobench.batch_augment import BatchAugment, crop_op, draw_params, photometric_stages
 from mocobench.datasets import EncodedImage, bad_image
@@ -111,11 +111,6 @@ def _decode_one(data: torch.Tensor, name: str, device: torch.device) -> torch.Te
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as e:
-        # the CPU decoder's message for a truncated or corrupt file, as PIL's would be
-        try:
-            decode_image(data, mode=ImageReadMode.RGB)
-        except RuntimeError as cpu_error:
-            raise bad_image(name, cpu_error) from e
         raise bad_image(name, e) from e
 
 
