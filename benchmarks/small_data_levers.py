@@ -48,6 +48,8 @@ LEVERS: dict[str, dict] = {
     "t_0.1+queue/4": {"moco_t": 0.1, "queue_size": "K/4"},
     "t_0.1+m_0.9": {"moco_t": 0.1, "moco_m": 0.9},
     "t_0.1+queue/4+m_0.9": {"moco_t": 0.1, "queue_size": "K/4", "moco_m": 0.9},
+    # a query's own key from the previous epoch, still queued, pushed away as a negative (issue 20)
+    "t_0.1+mask_own_keys": {"moco_t": 0.1, "mask_own_keys": True},
 }
 
 
