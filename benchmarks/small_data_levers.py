@@ -50,6 +50,8 @@ LEVERS: dict[str, dict] = {
     "t_0.1+queue/4+m_0.9": {"moco_t": 0.1, "queue_size": "K/4", "moco_m": 0.9},
     # a query's own key from the previous epoch, still queued, pushed away as a negative (issue 20)
     "t_0.1+mask_own_keys": {"moco_t": 0.1, "mask_own_keys": True},
+    # the peer's plain BN (it does not shuffle or split BN)
+    "t_0.1+bn_plain": {"moco_t": 0.1, "bn_splits": 1},
 }
 
 
