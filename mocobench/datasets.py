@@ -170,11 +170,6 @@ class EncodedImage:
     data: bytes
     header: Image.Image
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)``, as ``PIL.Image.size``."""
-        return self.header.size
-
     def decode(self) -> Image.Image:
         """The pixels as :func:`load_rgb` would decode them."""
         try:
