@@ -46,6 +46,10 @@ class DetectionConfig:
     device: str = option("auto", "auto, cpu or cuda.")
     resume: bool = option(False, "Resume from the last detectron2 checkpoint in the output folder.")
     eval_only: bool = option(False, "Only evaluate (the converted weights, or the last checkpoint with resume).")
+    keep_classes: tuple[str, ...] = option(
+        (), "Only these classes (names, e.g. person,car): the others' boxes are dropped from training and test and "
+        "AP is the mean over these. Not a published protocol: for small sets on a CPU (mocobench suite's "
+        "cpu-small preset).")
     repeats: int = option(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.",
                           min=1)
     opts: tuple[str, ...] = option((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")
@@ -88,14 +92,18 @@ def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str
     device = str(dist.select_device(cfg.device).type)
     if cfg.norm == "SyncBN" and device == "cpu" and cfg.num_procs * cfg.num_machines > 1:
         raise TaskError("norm=SyncBN needs GPUs with several processes; use norm=naiveSyncBN on the CPU")
-    splits = det.register_data(task, cfg.data, cfg.train_sets)
+    data = cfg.data
+    if cfg.keep_classes:
+        data = det.keep_classes(task, cfg.data, cfg.train_sets, cfg.keep_classes, ctx.out / "data")
+        logger.info("%s: classes %s only, annotations written under %s", task, ", ".join(cfg.keep_classes), data)
+    splits = det.register_data(task, data, cfg.train_sets)
     weights = write_detectron2(torchvision_to_detectron2(ctx.backbone.state_dict()), ctx.out / "backbone_d2.pkl")
     runs = []
     for i in range(cfg.repeats):
         run_dir = ctx.out / (f"d2_run{i}" if cfg.repeats > 1 else "d2")
         d2cfg = det.build_cfg(task, _config_file(task, cfg), str(weights), run_dir, depth, splits, cfg.norm,
                               cfg.preset, [*pixel_stats(ctx.info.normalize), *cfg.opts], ctx.seed + i, device)
-        runs.append(det.run(d2cfg, task, cfg.data, cfg.train_sets, cfg.num_procs, cfg.num_machines, cfg.machine_rank,
+        runs.append(det.run(d2cfg, task, data, cfg.train_sets, cfg.num_procs, cfg.num_machines, cfg.machine_rank,
                             cfg.dist_url, cfg.resume, cfg.eval_only))
         logger.info("%s run %d/%d: %s", task, i + 1, cfg.repeats, runs[-1])
     ctx.derived.update(config_file=_config_file(task, cfg), num_classes=splits[2], runs=runs,

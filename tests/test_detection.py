@@ -276,3 +276,46 @@ def test_sigterm_during_fine_tuning_saves_and_the_same_command_resumes(tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Starting training from iteration {it + 1}" in log.read_text()
     assert read_results(out / "results.json")["metrics"]["bbox_AP50"] >= 0
+
+
+def test_keep_classes_filters_both_formats_and_scores_only_the_kept_classes(shared_data, tmp_path):
+    """coco-mini and its VOC copy restricted to person and car: the registered splits hold exactly the kept
+    classes' boxes (counted here from the original files), every image stays, ground truth scores AP 100
+    through the same evaluators, and an unknown name is refused naming the file and the classes."""
+    import xml.etree.ElementTree as ET
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from mocobench.datasets import DataError
+    from mocobench.transfer.detection import keep_classes, register_data
+
+    names = ("person", "car")
+    src = json.loads((shared_data / "coco-mini/annotations/instances_val2017.json").read_text())
+    ids = {c["id"]: c["name"] for c in src["categories"]}
+    want = sorted((a["image_id"], ids[a["category_id"]]) for a in src["annotations"] if ids[a["category_id"]] in names)
+    data = keep_classes("coco_det", str(shared_data / "coco-mini"), "07", names, tmp_path / "coco")
+    train, test, n = register_data("coco_det", data)
+    assert n == 2
+    dicts = DatasetCatalog.get(test[0])
+    thing = MetadataCatalog.get(test[0]).thing_classes
+    got = sorted((d["image_id"], thing[a["category_id"]]) for d in dicts for a in d["annotations"])
+    assert got == want and len(dicts) == len(src["images"])
+    assert _gt_as_predictions(test[0], with_masks=False)["bbox"]["AP"] == pytest.approx(100.0)
+
+    voc = shared_data / "voc-from-coco"
+    test_ids = (voc / "VOC2007/ImageSets/Main/test.txt").read_text().split()
+    want = sorted((i, o.findtext("name")) for i in test_ids
+                  for o in ET.parse(voc / f"VOC2007/Annotations/{i}.xml").getroot().findall("object")
+                  if o.findtext("name") in names)
+    data = keep_classes("voc_det", str(voc), "07", ("car", "person"), tmp_path / "voc")
+    train, test, n = register_data("voc_det", data, "07")
+    assert n == 2 and MetadataCatalog.get(test[0]).thing_classes == ["car", "person"]  # labels.txt's order
+    dicts = DatasetCatalog.get(test[0])
+    got = sorted((d["image_id"], ("car", "person")[a["category_id"]]) for d in dicts for a in d["annotations"])
+    assert got == want and len(dicts) == len(test_ids)
+    assert _gt_as_predictions(test[0], with_masks=False)["bbox"]["AP50"] == pytest.approx(100.0)
+
+    with pytest.raises(DataError, match=r"\['persons'\] are not classes of .*instances_train2017.json.*person"):
+        keep_classes("coco_det", str(shared_data / "coco-mini"), "07", ("persons",), tmp_path / "bad")
+    with pytest.raises(DataError, match=r"\['cars'\] are not classes of .*voc-from-coco.*aeroplane"):
+        keep_classes("voc_det", str(voc), "07", ("person", "cars"), tmp_path / "bad2")

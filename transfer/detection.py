@@ -33,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 from mocobench.datasets import DataError
 from mocobench.log import remove_handlers
 from mocobench.pretrain.engine import StopSignal, TrainingInterrupted
+from mocobench.transfer.det_classes import coco_subset, voc_subset
 
 logger = logging.getLogger(__name__)
 CONFIGS = Path(__file__).parent / "configs"
@@ -43,6 +44,7 @@ VOC_CLASSES = (
 METRICS_FILE = "d2_results.json"
 #: VOC training sets (``train_sets``) -> the years whose trainval is used; the test set is always VOC2007 test.
 VOC_TRAIN_SETS = {"07+12": (2007, 2012), "07": (2007,), "12": (2012,)}
+COCO_TASKS = ("coco_det", "coco_instseg")
 
 if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
 
@@ -179,17 +181,14 @@ def register_data(task: str, data: str, train_sets: str = "07+12") -> tuple[tupl
     official pascal_voc_R_50_C4_24k.yaml: voc_2007_trainval + voc_2012_trainval), ``VOC2012``; a
     missing folder is an error, never a silent fall-back to fewer training images.
     """
-    root = Path(data) if data else Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
-    if task in ("coco_det", "coco_instseg"):
-        coco = root / "coco" if not data else root
+    if task in COCO_TASKS:
+        coco = _coco_folder(data)
         n = register_coco("mb_coco_train", coco / "annotations" / "instances_train2017.json", coco / "train2017")
         n_test = register_coco("mb_coco_val", coco / "annotations" / "instances_val2017.json", coco / "val2017")
         if n_test != n:
             raise DataError(f"train and val annotation files under {coco} have {n} and {n_test} categories")
         return ("mb_coco_train",), ("mb_coco_val",), n
-    devkit = root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
-    if not (devkit / "VOC2007").is_dir():
-        raise DataError(f"{devkit} holds no VOC2007 folder (expected a VOC devkit: VOC2007[/VOC2012])")
+    devkit = _devkit(data)
     years = VOC_TRAIN_SETS[train_sets]
     for year in years:
         if not (devkit / f"VOC{year}").is_dir():
@@ -203,6 +202,32 @@ def register_data(task: str, data: str, train_sets: str = "07+12") -> tuple[tupl
         train.append(f"mb_voc_{year}_trainval")
     register_voc("mb_voc_2007_test", devkit / "VOC2007", "test", 2007, classes)
     return tuple(train), ("mb_voc_2007_test",), len(classes)
+
+
+def _root(data: str) -> Path:
+    return Path(data) if data else Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+def _coco_folder(data: str) -> Path:
+    return _root(data) / "coco" if not data else _root(data)
+
+
+def _devkit(data: str) -> Path:
+    root = _root(data)
+    devkit = root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
+    if not (devkit / "VOC2007").is_dir():
+        raise DataError(f"{devkit} holds no VOC2007 folder (expected a VOC devkit: VOC2007[/VOC2012])")
+    return devkit
+
+
+def keep_classes(task: str, data: str, train_sets: str, names: tuple[str, ...], out: Path) -> str:
+    """The task's data restricted to the classes ``names`` (:mod:`mocobench.transfer.det_classes`), written
+    under ``out``; returns the folder to use as ``data``."""
+    if task in COCO_TASKS:
+        return str(coco_subset(_coco_folder(data), out, names))
+    devkit = _devkit(data)
+    years = sorted({*VOC_TRAIN_SETS[train_sets], 2007})  # 2007: the test set
+    return str(voc_subset(devkit, years, out, names, voc_classes(devkit)))
 
 
 def voc_classes(devkit: Path) -> tuple[str, ...]:
