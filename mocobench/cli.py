@@ -368,15 +368,17 @@ def sweep(name, sweep_out, knn_data, knn_set, points, **options) -> None:
 @click.option("--out", required=True, help="Report folder (e.g. reports/NAME).")
 @click.option("--baseline", default="supervised", show_default=True, help="Row the deltas refer to.")
 @click.option("--title", default="", help="Title of report.md / report.html.")
-def report(run_dirs, out, baseline, title) -> None:
+@click.option("--notes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text file of '- ' items: the report's 'What this can and cannot show' section.")
+def report(run_dirs, out, baseline, title, notes) -> None:
     """Tables (md/csv/html) and figures from every results.json below RUN_DIRS."""
     from mocobench.log import setup_logging
-    from mocobench.report import write_report
+    from mocobench.report import read_notes, write_report
     from mocobench.results import ResultsError
 
     setup_logging()
     try:
-        rep = write_report(list(run_dirs), out, baseline, title)
+        rep = write_report(list(run_dirs), out, baseline, title, read_notes(notes) if notes else ())
     except ResultsError as e:
         raise click.ClickException(str(e)) from e
     click.echo(rep.out / "report.md")

@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -434,8 +436,26 @@ def _inline_png(path: Path) -> str:
     return f"<img src='data:image/png;base64,{data}' alt='{path.stem}'>"
 
 
-def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supervised", title: str = "") -> Report:
-    """Collect, tabulate and plot; every file is written atomically into ``out``."""
+def _code_spans(text: str) -> str:
+    """`x` -> <code>x</code> in already escaped text."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def read_notes(path: str | Path) -> tuple[str, ...]:
+    """The items of a notes file: each line starting with ``- `` begins an item, other non-empty lines continue it."""
+    items: list[str] = []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("- ") or not items:
+            items.append(line.removeprefix("- ").strip())
+        elif line.strip():
+            items[-1] += " " + line.strip()
+    return tuple(i for i in items if i)
+
+
+def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supervised", title: str = "",
+                 notes: tuple[str, ...] = ()) -> Report:
+    """Collect, tabulate and plot; every file is written atomically into ``out``. ``notes``: the items of a
+    "What this can and cannot show" section after the results (plain text; `code` spans kept in the HTML)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = collect(roots)
@@ -451,6 +471,8 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
           f"{MISSING} = not run. One table per task (columns: its metrics; rows: pretrainings).", "",
           "## Results", ""]
     md += _per_task_markdown(table)
+    if notes:
+        md += ["## What this can and cannot show", "", *(f"- {n}" for n in notes), ""]
     if dtable is not None:
         md += [f"## Difference from {baseline}", "", "Signed difference of the means (points); positive is better "
                f"than {baseline}.", ""]
@@ -471,6 +493,9 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
             "<meta name='viewport' content='width=device-width, initial-scale=1'>", f"<title>{title}</title>",
             f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>", f"<p class='note'>{md[2]}</p>",
             "<h2>Results</h2>", *_html_per_task(table)]
+    if notes:
+        html += ["<h2>What this can and cannot show</h2>", "<ul>",
+                 *(f"<li>{_code_spans(html_escape(n))}</li>" for n in notes), "</ul>"]
     if dtable is not None:
         html += [f"<h2>Difference from {baseline}</h2>", "<p class='note'>Signed difference of the means (points); "
                  f"green is better than {baseline}, red worse.</p>", *_html_per_task(dtable, delta=True)]

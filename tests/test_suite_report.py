@@ -126,6 +126,20 @@ def test_report_means_stds_deltas_and_missing_cells(tmp_path):
     assert pd.read_csv(tmp_path / "rep" / "report.csv").shape[0] == len(df)
 
 
+def test_report_notes_become_a_section_in_markdown_and_escaped_html(tmp_path):
+    _results(tmp_path, "supervised", "knn", {"top1": 60.0, "top5": 90.0})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("- kNN separates the rows\n  by 20 points.\n\n- Detection <AP> uses `keep_classes`.\n")
+    res = run_cli(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--notes", str(notes)])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md.split("## What this can and cannot show\n\n")[1].split("\n\n")[0]
+    assert section == "- kNN separates the rows by 20 points.\n- Detection <AP> uses `keep_classes`."
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<li>Detection &lt;AP&gt; uses <code>keep_classes</code>.</li>" in html
+    assert "What this can and cannot show" not in write_report([tmp_path], tmp_path / "plain").files[0].read_text()
+
+
 def test_report_keeps_different_protocols_apart_and_refuses_unknown_versions(tmp_path):
     _results(tmp_path / "a", "moco_v2", "knn", {"top1": 40.0}, config={"k": 20})
     _results(tmp_path / "b", "moco_v2", "knn", {"top1": 45.0}, config={"k": 200})
