@@ -179,8 +179,10 @@ def run_suite(
     overrides: tuple[str, ...] = (),
     load: LoadOptions | None = None,
     cache_dtype: str = "float32",
+    seed: int = 0,
 ) -> list[Path]:
     """Run every (checkpoint, task) pair that has no results yet; returns all results files of the suite.
+    ``seed``: every task's seed (a report over suites of several seeds shows mean ± std).
     ``load`` (how to read a file checkpoint) applies to every file; zoo entries carry their own. The
     frozen-feature tasks of one checkpoint share ``<out>/<label>/feature_cache``, so each split is decoded
     and passed through the backbone once per checkpoint, whatever the number of tasks reading it."""
@@ -218,7 +220,7 @@ def run_suite(
         try:
             path = run_transfer(spec.task, source, task_out, sets[spec.task], arch, label,  # logs into task_out/log.txt
                                 load=_for_zoo(load) if source.startswith("zoo:") else load,
-                                feature_cache=out / label / "feature_cache", cache_dtype=cache_dtype)
+                                feature_cache=out / label / "feature_cache", cache_dtype=cache_dtype, seed=seed)
         except Exception as e:  # noqa: BLE001 - one failing pair must not stop the others
             # ... except under torchrun (the other processes would wait for this one forever) and on SIGTERM
             if world > 1 or type(e).__name__ == "TrainingInterrupted":
