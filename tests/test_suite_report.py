@@ -191,6 +191,18 @@ def test_suite_runs_skips_done_pairs_and_reports(demo_data, synth, tmp_path):
     assert "expected TASK.KEY=VALUE" in r.output
 
 
+def test_suites_of_two_seeds_make_one_report_cell_of_mean_and_std(demo_data, tmp_path):
+    from mocobench.suite import run_suite
+
+    sets = ("linear.workers=0", "linear.epochs=2")
+    for seed in (0, 1):
+        run_suite(["random"], tmp_path / f"s{seed}", "demo", ("linear",), demo_data, "resnet18", sets, seed=seed)
+    recs = [json.loads((tmp_path / f"s{seed}/random/linear/results.json").read_text()) for seed in (0, 1)]
+    assert [r["seed"] for r in recs] == [0, 1]
+    cell = write_report([tmp_path / "s0", tmp_path / "s1"], tmp_path / "rep").pivot.loc["random", ("linear", "top1_final")]
+    assert cell.endswith("(n=2)"), cell
+
+
 @pytest.mark.slow
 def test_killed_suite_resumes_without_redoing_finished_tasks(demo_data, tmp_path):
     """kill -9 the suite (a real subprocess) during its second task; the re-run skips the first."""
