@@ -2,12 +2,14 @@
 
 Pretrainings on ``imagenette-96/train`` (64 px, batch 64, CPU budget): MoCo v2 (45 epochs, T 0.1), MoCo v1 and
 supervised (shorter budgets, stated in the report), and random initialisation. Then ``mocobench suite`` runs kNN and linear
-on imagenette-96, finegrained on flowers102-sub, coco_det on coco-mini and voc_det on voc-from-coco
-(detection with the ``cpu-smoke`` preset), and ``mocobench report`` writes the tables and figures.
+on imagenette-96, finegrained on flowers102-sub (linear and finegrained again with seeds 1 and 2), and coco_det /
+voc_det with the ``cpu-smoke`` preset unless ``--tasks`` leaves them out; ``--detection-runs`` adds the runs of
+``benchmarks/detection_cpu.py``. The report gets ``imagenette_cpu_notes.md`` as its "What this can and cannot show".
 
 Every stage resumes: a finished pretraining or task is skipped on a re-run.
 
-    python benchmarks/imagenette_cpu_report.py --data ../shared/data --runs runs --out reports/imagenette-cpu
+    python benchmarks/imagenette_cpu_report.py --data ../shared/data --runs runs --out reports/imagenette-cpu \\
+        --tasks knn,linear,finegrained --detection-runs /tmp/detbench/person_600it
 """
 
 from __future__ import annotations
