@@ -49,7 +49,7 @@ PRETRAININGS: dict[str, tuple[str, dict]] = {
 
 
 #: The tasks of the cpu-small suite preset reported here, and those run again with seeds 1 and 2 (kNN has no seed;
-#: detection runs its 3 seeds inside one task, ``repeats=3``).
+#: detection and segmentation run once, seed 0: at 4-10 minutes a run, seeds are for benchmarks/detection_cpu.py).
 TASKS = ("knn", "linear", "finegrained", "coco_det", "voc_det")
 SEEDED = ("linear", "finegrained")
 SEEDS = (0, 1, 2)

@@ -48,8 +48,7 @@ class DetectionConfig:
     eval_only: bool = option(False, "Only evaluate (the converted weights, or the last checkpoint with resume).")
     keep_classes: tuple[str, ...] = option(
         (), "Only these classes (names, e.g. person,car): the others' boxes are dropped from training and test and "
-        "AP is the mean over these. Not a published protocol: for small sets on a CPU (mocobench suite's "
-        "cpu-small preset).")
+        "AP is the mean over these. Not a published protocol: for small sets on a CPU (benchmarks/detection_cpu.py).")
     repeats: int = option(1, "Runs with seeds seed..seed+N-1; metrics are the mean (std in *_std); VOC papers use 5.",
                           min=1)
     opts: tuple[str, ...] = option((), "detectron2 config overrides KEY VALUE ... (from --set KEY.SUB=VALUE).")

@@ -205,11 +205,12 @@ def register_data(task: str, data: str, train_sets: str = "07+12") -> tuple[tupl
 
 
 def _root(data: str) -> Path:
+    """``data``, or when empty detectron2's ``$DETECTRON2_DATASETS`` (default ``datasets``)."""
     return Path(data) if data else Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def _coco_folder(data: str) -> Path:
-    return _root(data) / "coco" if not data else _root(data)
+    return Path(data) if data else _root(data) / "coco"
 
 
 def _devkit(data: str) -> Path:
