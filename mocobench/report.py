@@ -255,9 +255,14 @@ def _pyplot():
     return plt
 
 
-def _legend_outside(ax) -> None:
-    """The legend to the right of the axes, where it covers no bar or line (saved with a tight bounding box)."""
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+def _legend_outside(ax, lines=None) -> None:
+    """The legend to the right of the axes, where it covers no bar or line (saved with a tight bounding box); of
+    ``lines`` (of any panel) when given, else of the axes' own labelled artists."""
+    kw = dict(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    if lines is None:
+        ax.legend(**kw)
+    else:
+        ax.legend(lines, [line.get_label() for line in lines], **kw)
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -299,7 +304,6 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
     """Loss and kNN monitor against epoch for every pretraining whose checkpoint folder has metrics.jsonl."""
-    plt = _pyplot()
     curves = {}
     for name in _row_order(df["pretraining"]):
         ckpt = Path(df[df["pretraining"] == name]["checkpoint"].iloc[0])
@@ -308,20 +312,29 @@ def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
             curves[name] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
     if not curves:
         return None
+    return _save_figure(draw_curves(curves), out / "fig_pretraining_curves.png")
+
+
+def draw_curves(curves: dict[str, list[dict]]):
+    """The three panels (loss, pretext top-1, kNN monitor) of ``{row: epoch records}``. Each row keeps one colour in
+    every panel, also when it has no kNN points (a run without the monitor), and the one legend names every row."""
+    plt = _pyplot()
     fig, (ax_loss, ax_acc, ax_knn) = plt.subplots(1, 3, figsize=(12, 3.2))
-    for name, recs in curves.items():
-        ax_loss.plot([r["epoch"] + 1 for r in recs], [r["loss"] for r in recs], label=name)
-        ax_acc.plot([r["epoch"] + 1 for r in recs], [r["acc1"] for r in recs], label=name)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, recs) in enumerate(curves.items()):
+        color = palette[i % len(palette)]
+        ax_loss.plot([r["epoch"] + 1 for r in recs], [r["loss"] for r in recs], label=name, color=color)
+        ax_acc.plot([r["epoch"] + 1 for r in recs], [r["acc1"] for r in recs], label=name, color=color)
         knn = [r for r in recs if "knn_top1" in r]
         if knn:
-            ax_knn.plot([r["epoch"] + 1 for r in knn], [r["knn_top1"] for r in knn], marker="o", label=name)
+            ax_knn.plot([r["epoch"] + 1 for r in knn], [r["knn_top1"] for r in knn], marker="o", color=color)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="pretraining loss")
     ax_acc.set(xlabel="epoch", ylabel="pretext top-1 (%)", title="pretext accuracy (positive / class)")
     ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
-    if ax_loss.lines:
-        _legend_outside(ax_knn if ax_knn.lines else ax_loss)  # one legend, beside the last panel
+    if ax_loss.lines:  # one legend, beside the last panel, from the loss panel's lines (every row has one)
+        _legend_outside(ax_knn, list(ax_loss.lines))
     fig.tight_layout()
-    return _save_figure(fig, out / "fig_pretraining_curves.png")
+    return fig
 
 
 #: Recipe settings that a sweep varies. "negatives" is the x-axis of the paper's Fig. 3, K: the queue or the

@@ -17,7 +17,15 @@ from helpers import TINY, run_cli
 from mocobench.checkpoint import load_backbone, read_checkpoint
 from mocobench.pretrain.engine import train_step
 from mocobench.pretrain.supervised import Supervised
-from mocobench.report import MISSING, collect, delta, formatted_pivot, recipes_table, write_report
+from mocobench.report import (
+    MISSING,
+    collect,
+    delta,
+    draw_curves,
+    formatted_pivot,
+    recipes_table,
+    write_report,
+)
 from mocobench.results import ResultsError
 from mocobench.synth import SynthSpec, write_synthetic_classification
 from mocobench.synth_det import SynthDetSpec, write_synthetic_detection
@@ -138,6 +146,21 @@ def test_report_notes_become_a_section_in_markdown_and_escaped_html(tmp_path):
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "<li>Detection &lt;AP&gt; uses <code>keep_classes</code>.</li>" in html
     assert "What this can and cannot show" not in write_report([tmp_path], tmp_path / "plain").files[0].read_text()
+
+
+def test_each_pretraining_keeps_one_colour_in_every_curve_panel_and_the_legend_names_all():
+    """A row without kNN monitor points (v2 here) must not shift the kNN panel's colours: the committed imagenette-cpu
+    figure once drew MoCo v1 orange in the kNN panel and green in the loss panel, and left v2 out of the legend."""
+    def recs(loss, knn_every):
+        return [{"epoch": e, "loss": loss - e / 10, "acc1": 10.0 + e} | ({"knn_top1": 30.0 + e} if knn_every and
+                (e + 1) % knn_every == 0 else {}) for e in range(6)]
+    fig = draw_curves({"supervised": recs(2.0, 2), "moco_v2": recs(6.0, 0), "moco_v1": recs(5.0, 3)})
+    ax_loss, ax_acc, ax_knn = fig.axes
+    colour = {line.get_label(): line.get_color() for line in ax_loss.lines}
+    assert len(set(colour.values())) == 3
+    assert {line.get_label(): line.get_color() for line in ax_acc.lines} == colour
+    assert [line.get_color() for line in ax_knn.lines] == [colour["supervised"], colour["moco_v1"]]
+    assert [t.get_text() for t in ax_knn.get_legend().get_texts()] == ["supervised", "moco_v2", "moco_v1"]
 
 
 def test_report_keeps_different_protocols_apart_and_refuses_unknown_versions(tmp_path):
