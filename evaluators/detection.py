@@ -38,7 +38,11 @@ class DetectionConfig:
         "numbers; VOC2012 missing is an error) or 07 / 12 alone, on purpose. Tested on VOC2007 test.")
     norm: Literal["SyncBN", "naiveSyncBN", "BN"] = option(
         "naiveSyncBN", "Norm of backbone and heads (naiveSyncBN also works with several CPU processes).")
-    preset: Literal["", "cpu-smoke"] = option("", "cpu-smoke: small images, few ROIs/proposals, 300 iterations.")
+    preset: Literal["", "cpu-smoke", "cpu-crop"] = option(
+        "", "cpu-smoke: small images, few ROIs/proposals, 300 iterations (the path runs; real-data detectors stay at "
+        "chance). cpu-crop: the same model at 0.6x the image scale via 320 px crops resized to 192, 1000 iterations "
+        "(with keep_classes=person the best CPU budget measured on coco-mini: benchmarks/RESULTS.md). Not published "
+        "protocols.")
     num_procs: int = option(1, "Processes per machine (one per GPU; gloo CPU processes without CUDA).", min=1)
     num_machines: int = option(1, "Machines.", min=1)
     machine_rank: int = option(0, "Rank of this machine.", min=0)

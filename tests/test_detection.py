@@ -319,3 +319,19 @@ def test_keep_classes_filters_both_formats_and_scores_only_the_kept_classes(shar
         keep_classes("coco_det", str(shared_data / "coco-mini"), "07", ("persons",), tmp_path / "bad")
     with pytest.raises(DataError, match=r"\['cars'\] are not classes of .*voc-from-coco.*aeroplane"):
         keep_classes("voc_det", str(voc), "07", ("person", "cars"), tmp_path / "bad2")
+
+
+def test_cpu_crop_preset_is_the_measured_cpu_budget(tmp_path):
+    """``preset=cpu-crop`` must be the configuration benchmarks/detection_cpu.py measured as person_crop_1000it
+    (cpu-smoke plus these --set changes), so the separation it reports holds for the preset."""
+    from mocobench.transfer import detection as det
+
+    measured = ["INPUT.CROP.ENABLED=True", "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
+                "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320", "INPUT.MIN_SIZE_TEST=288",
+                "INPUT.MAX_SIZE_TEST=384", "SOLVER.MAX_ITER=1000", "SOLVER.STEPS=(700,900)"]
+    common = ("coco_det", "coco_R_50_FPN_2x_moco.yaml", "w.pkl", tmp_path, 18, (("tr",), ("te",), 1), "naiveSyncBN")
+    crop = det.build_cfg(*common, "cpu-crop", [], 0, "cpu")
+    assert crop.dump() == det.build_cfg(*common, "cpu-smoke", [x for kv in measured for x in kv.split("=", 1)], 0,
+                                        "cpu").dump()
+    assert crop.INPUT.CROP.ENABLED and tuple(crop.INPUT.CROP.SIZE) == (320, 320) and crop.SOLVER.MAX_ITER == 1000
+    assert crop.dump() != det.build_cfg(*common, "cpu-smoke", [], 0, "cpu").dump()
