@@ -26,8 +26,10 @@ SMOKE = ["--preset", "cpu-smoke", "--set", "head=FPN", "--set", "SOLVER.MAX_ITER
                                        ("coco_instseg", {"bbox_AP", "segm_AP", "segm_AP75"})])
 def test_coco_tasks_end_to_end(shared_data, tmp_path, task, keys):
     out = tmp_path / task
+    every_iteration = ["--set", "SOLVER.CHECKPOINT_PERIOD=1"]  # 3 periodic saves: only the newest is kept
     run_cli(["transfer", "random", "--arch", "resnet18", "--task", task, "--data", shared_data / "coco-mini",
-             "--out", out, *SMOKE])
+             "--out", out, *SMOKE, *every_iteration])
+    assert sorted(p.name for p in (out / "d2").glob("model_*.pth")) == ["model_0000002.pth", "model_final.pth"]
     res = read_results(out / "results.json")
     assert keys <= res["metrics"].keys() and all(0 <= v <= 100 for v in res["metrics"].values())
     assert res["config"]["derived"]["num_classes"] == 80 and res["config"]["preset"] == "cpu-smoke"

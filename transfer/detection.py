@@ -21,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_pascal_voc
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, launch
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.layers import get_norm
@@ -336,7 +336,15 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> list:
-        return [*super().build_hooks(), SaveOnSignal(self.stop)]
+        """DefaultTrainer's hooks, its periodic checkpointer keeping only the newest ``model_<iter>.pth`` (it deletes
+        the previous one after the new one and ``last_checkpoint`` are written, so a kill never leaves no checkpoint;
+        detectron2 keeps them all: 226 MB each for R18-FPN, 2.5 GB for a 1000-iteration run at cpu-smoke's period of 100), and
+        the stop-signal hook."""
+        built = super().build_hooks()
+        for hook in built:
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.max_to_keep = 1  # fvcore's own option, which DefaultTrainer leaves unset
+        return [*built, SaveOnSignal(self.stop)]
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):
