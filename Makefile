@@ -13,7 +13,7 @@ setup:
 # demo suite (knn, linear, finegrained, coco_det, voc_det on MoCo v2 / supervised / random init) and
 # the report in runs/demo/report/. CPU, about 15 minutes. Re-running resumes (finished steps are skipped).
 # Its detection columns (100 iterations on synthetic shapes) show that the path runs, not a ranking: over 3 seeds
-# the rows' AP50 means lie within one std (benchmarks/demo_detection_seeds.py, benchmarks/RESULTS.md).
+# no two rows' AP50 differ by more than a Welch t of 1.4 (benchmarks/demo_detection_seeds.py, benchmarks/RESULTS.md).
 DEMO_DATA := $(DEMO_DIR)/data
 DEMO_COMMON := --arch resnet18 --image-size 64 --batch-size 64 --epochs 15 --workers 1 --resume auto \
 	--knn-train $(DEMO_DATA)/classification/train --knn-val $(DEMO_DATA)/classification/val --knn-every 5

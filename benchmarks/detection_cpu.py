@@ -76,7 +76,6 @@ def main(data: str, runs: str, budgets: str, seeds: str) -> None:
         run_seeds = [k for k in budget_seeds if not seeds or str(k) in seeds.split(",")]
         extra = ("train_sets=07",) if task == "voc_det" else ()  # voc-from-coco has VOC2007 only
         for row in rows:
-            scores = []
             for seed in run_seeds:
                 out = Path(runs) / name / row / f"seed{seed}"
                 if not (out / "results.json").exists():
@@ -84,6 +83,13 @@ def main(data: str, runs: str, budgets: str, seeds: str) -> None:
                     run_transfer(task, ROWS[row], out, (f"data={Path(data) / folder}", "preset=cpu-smoke", "head=FPN",
                                                         *extra, *sets), arch="resnet18", pretraining=row, seed=seed)
                     (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+            # every finished seed of the budget, so a first look with --seeds does not shrink a committed entry
+            done = [k for k in budget_seeds if (Path(runs) / name / row / f"seed{k}" / "results.json").exists()]
+            if not done:
+                continue
+            scores = []
+            for seed in done:
+                out = Path(runs) / name / row / f"seed{seed}"
                 res = read_results(out / "results.json")
                 scores.append({"seed": seed, **res["metrics"], "seconds": float((out / "seconds.txt").read_text())})
             ap50 = [s["bbox_AP50"] for s in scores]

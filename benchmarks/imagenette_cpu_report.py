@@ -1,7 +1,7 @@
 """Regenerates ``reports/imagenette-cpu/``: four pretrainings of ResNet-18 compared on every transfer task.
 
-Pretrainings on ``imagenette-96/train`` (64 px, batch 64, CPU budget): MoCo v2 (45 epochs, T 0.1), MoCo v1 and
-supervised (shorter budgets, stated in the report), and random initialisation. Then ``mocobench suite`` runs kNN and linear
+Pretrainings on ``imagenette-96/train`` (64 px, batch 64, CPU budget): MoCo v2 (45 epochs, T 0.1), MoCo v1 (45 epochs)
+and supervised (15 epochs), and random initialisation. Then ``mocobench suite`` runs kNN and linear
 on imagenette-96, finegrained on flowers102-sub (linear and finegrained again with seeds 1 and 2), and coco_det /
 voc_det with the ``cpu-smoke`` preset unless ``--tasks`` leaves them out; ``--detection-runs`` adds the runs of
 ``benchmarks/detection_cpu.py``. The report gets ``imagenette_cpu_notes.md`` as its "What this can and cannot show".
@@ -41,7 +41,8 @@ PRETRAININGS: dict[str, tuple[str, dict]] = {
                                            "amp": "bf16", "aug_backend": "tensor", "knn_every": 45, "save_every": 45}),
     # v1 recipe (T 0.07, fc head, v1 augmentation, step lr) on v2's budget of 45 epochs (at 20 it did not separate
     # from random init: kNN 35.6 against 33.4); milestones at the recipe's 120/200 and 160/200 of the epochs
-    # (official main_moco.py --schedule 120 160 of 200).
+    # (official main_moco.py --schedule 120 160 of 200). A run folder of the 20-epoch version must be moved away
+    # first: resume would extend it (its lr already dropped at 12 and 16) and the suites would keep its results.
     "moco_v1": ("imagenette-cpu/moco_v1", {"method": "moco_v1", "epochs": 45, "moco_m": 0.99, "lr_milestones": (27, 36),
                                            "amp": "bf16", "aug_backend": "tensor"}),
     # torchvision recipe (lr 0.1 per 256, x0.1 at 30/90 and 60/90 of the epochs); labels make 15 epochs enough.

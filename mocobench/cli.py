@@ -116,7 +116,7 @@ def load_options(fn):
 @click.option("--pretraining", default=None, help="Name of the pretraining in results (default: from the checkpoint).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--overwrite", is_flag=True, help="Replace an existing results.json in --out.")
-@click.option("--preset", default=None, help="Detection: a preset of the task (cpu-smoke).")
+@click.option("--preset", default=None, help="Detection: a preset of the task (cpu-smoke, cpu-crop).")
 @click.option("--num-gpus", type=click.IntRange(min=1), default=None, help="Detection: processes per machine (GPUs; CPU processes without CUDA).")
 @click.option("--num-machines", type=click.IntRange(min=1), default=None, help="Detection: machines.")
 @click.option("--machine-rank", type=click.IntRange(min=0), default=None, help="Detection: rank of this machine.")

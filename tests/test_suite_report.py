@@ -161,6 +161,9 @@ def test_each_pretraining_keeps_one_colour_in_every_curve_panel_and_the_legend_n
     assert {line.get_label(): line.get_color() for line in ax_acc.lines} == colour
     assert [line.get_color() for line in ax_knn.lines] == [colour["supervised"], colour["moco_v1"]]
     assert [t.get_text() for t in ax_knn.get_legend().get_texts()] == ["supervised", "moco_v2", "moco_v1"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_report_keeps_different_protocols_apart_and_refuses_unknown_versions(tmp_path):

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import weakref
 from pathlib import Path
 
@@ -75,7 +76,7 @@ PRESETS: dict[str, list[str]] = {
 }
 #: ``--preset cpu-crop``: cpu-smoke's model at 0.6x the COCO image scale for the cost of 192 px, 1000 iterations
 #: (about 10 minutes on 2 cores). detectron2 crops before it resizes: a random 320x320 crop of the original image,
-#: resized to a short side of 176-208; tested at a short side of 288 (0.6 x 480). At cpu-smoke's 160-192 px the
+#: resized to a short side of 176, 192 or 208; tested at a short side of 288 (0.6 x 480). At cpu-smoke's 160-192 px the
 #: median coco-mini person is about 18 px, below FPN's smallest anchor (32); here about 43 px. Not a published
 #: protocol. With keep_classes=person, the best CPU budget measured (benchmarks/detection_cpu.py, person_crop_1000it:
 #: identical config): a supervised ResNet-18 above random init in each of 3 seeds, AP50 4.0 ± 1.9 against 1.5 ± 0.8,
@@ -313,6 +314,22 @@ class _NotAnError(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], TrainingInterrupted))
 
 
+class KeepNewestCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointer keeping only the newest ``model_<iter>.pth``: after each save, every other
+    one in the folder is deleted, also those left by a run before ``--resume`` and by a stop signal (fvcore's
+    ``max_to_keep`` only knows this process's saves). The new file and ``last_checkpoint`` are written first, so a
+    kill never leaves the folder without a whole checkpoint; after the last iteration only ``model_final.pth`` stays.
+    detectron2 keeps them all: 226 MB each for R18-FPN, 2.5 GB for a 1000-iteration run at cpu-smoke's period."""
+
+    def step(self, iteration: int, **kwargs) -> None:
+        super().step(iteration, **kwargs)
+        if (int(iteration) + 1) % self.period == 0 or iteration >= (self.max_iter or math.inf) - 1:
+            newest = Path(self.checkpointer.get_checkpoint_file()).name
+            for old in Path(self.checkpointer.save_dir).glob("model_*.pth"):
+                if re.fullmatch(r"model_\d{7}\.pth", old.name) and old.name != newest:
+                    old.unlink()
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose DDP wrapper passes no ``device_ids`` on the CPU (DDP rejects them there)."""
 
@@ -336,14 +353,12 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> list:
-        """DefaultTrainer's hooks, its periodic checkpointer keeping only the newest ``model_<iter>.pth`` (it deletes
-        the previous one after the new one and ``last_checkpoint`` are written, so a kill never leaves no checkpoint;
-        detectron2 keeps them all: 226 MB each for R18-FPN, 2.5 GB for a 1000-iteration run at cpu-smoke's period of 100), and
-        the stop-signal hook."""
+        """DefaultTrainer's hooks, its periodic checkpointer replaced by :class:`KeepNewestCheckpointer`, and the
+        stop-signal hook."""
         built = super().build_hooks()
-        for hook in built:
+        for i, hook in enumerate(built):
             if isinstance(hook, hooks.PeriodicCheckpointer):
-                hook.max_to_keep = 1  # fvcore's own option, which DefaultTrainer leaves unset
+                built[i] = KeepNewestCheckpointer(self.checkpointer, hook.period)
         return [*built, SaveOnSignal(self.stop)]
 
     @classmethod
