@@ -51,13 +51,6 @@ BUDGETS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[int, 
                                                     "INPUT.MIN_SIZE_TEST=288", "INPUT.MAX_SIZE_TEST=384",
                                                     "SOLVER.MAX_ITER=1000", "SOLVER.STEPS=(700,900)"),
                            ("random", "supervised"), (0, 1, 2)),
-    # The same at twice the iterations (about 20 minutes a run), one seed: does the gap grow with the budget?
-    "person_crop_2000it": ("coco_det", "coco-mini", ("keep_classes=person", "INPUT.CROP.ENABLED=True",
-                                                    "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
-                                                    "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320",
-                                                    "INPUT.MIN_SIZE_TEST=288", "INPUT.MAX_SIZE_TEST=384",
-                                                    "SOLVER.MAX_ITER=2000", "SOLVER.STEPS=(1400,1800)"),
-                           ("random", "supervised"), (0,)),
 }
 
 
