@@ -41,10 +41,8 @@ BUDGETS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[int, 
     "person_frozen_600it": ("coco_det", "coco-mini", ("keep_classes=person", "MODEL.BACKBONE.FREEZE_AT=5",
                                                      "SOLVER.MAX_ITER=600", "SOLVER.STEPS=(400,520)"),
                             ("supervised",), (0,)),  # below the fine-tuned random row already: random not run
-    # Person only at 0.6x the COCO image size, at the cost of 192 px: a random 320x320 crop of the original image
-    # (detectron2 crops before it resizes) resized to a short side of 176-208, tested at a short side of 288 (0.6 x
-    # 480). At 160-192 px (the budgets above) the median person is about 18 px, below FPN's smallest anchor (32);
-    # here about 43 px. 0.53 s an iteration (2.8x cheaper than whole images at 320), so 1000 iterations fit 10 min.
+    # Person only at 0.6x the COCO image size for the cost of 192 px; the same config as --preset cpu-crop (its
+    # comment in transfer/detection.py says why; tests/test_detection.py checks they agree).
     "person_crop_1000it": ("coco_det", "coco-mini", ("keep_classes=person", "INPUT.CROP.ENABLED=True",
                                                     "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
                                                     "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320",
@@ -69,20 +67,21 @@ def main(data: str, runs: str, budgets: str, seeds: str) -> None:
         run_seeds = [k for k in budget_seeds if not seeds or str(k) in seeds.split(",")]
         extra = ("train_sets=07",) if task == "voc_det" else ()  # voc-from-coco has VOC2007 only
         for row in rows:
+            folder_of = {k: Path(runs) / name / row / f"seed{k}" for k in budget_seeds}
             for seed in run_seeds:
-                out = Path(runs) / name / row / f"seed{seed}"
+                out = folder_of[seed]
                 if not (out / "results.json").exists():
                     start = time.perf_counter()
                     run_transfer(task, ROWS[row], out, (f"data={Path(data) / folder}", "preset=cpu-smoke", "head=FPN",
                                                         *extra, *sets), arch="resnet18", pretraining=row, seed=seed)
                     (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
             # every finished seed of the budget, so a first look with --seeds does not shrink a committed entry
-            done = [k for k in budget_seeds if (Path(runs) / name / row / f"seed{k}" / "results.json").exists()]
+            done = [k for k in budget_seeds if (folder_of[k] / "results.json").exists()]
             if not done:
                 continue
             scores = []
             for seed in done:
-                out = Path(runs) / name / row / f"seed{seed}"
+                out = folder_of[seed]
                 res = read_results(out / "results.json")
                 scores.append({"seed": seed, **res["metrics"], "seconds": float((out / "seconds.txt").read_text())})
             ap50 = [s["bbox_AP50"] for s in scores]

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 import weakref
 from pathlib import Path
 
@@ -325,8 +324,8 @@ class KeepNewestCheckpointer(hooks.PeriodicCheckpointer):
         super().step(iteration, **kwargs)
         if (int(iteration) + 1) % self.period == 0 or iteration >= (self.max_iter or math.inf) - 1:
             newest = Path(self.checkpointer.get_checkpoint_file()).name
-            for old in Path(self.checkpointer.save_dir).glob("model_*.pth"):
-                if re.fullmatch(r"model_\d{7}\.pth", old.name) and old.name != newest:
+            for old in Path(self.checkpointer.save_dir).glob("model_" + "[0-9]" * 7 + ".pth"):  # not model_final
+                if old.name != newest:
                     old.unlink()
 
 
