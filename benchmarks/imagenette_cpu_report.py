@@ -59,8 +59,11 @@ SEEDS = (0, 1, 2)
 NOTES = Path(__file__).parent / "imagenette_cpu_notes.md"
 
 
-def pretrain_config(data: Path, runs: Path, name: str, workers: int) -> PretrainConfig:
+def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int = 0) -> PretrainConfig:
+    """The row's recipe; another pretraining ``seed`` (the spread between pretrainings) runs in ``<folder>_seed<k>``."""
     folder, changes = PRETRAININGS[name]
+    if seed:
+        folder, changes = f"{folder}_seed{seed}", {**changes, "seed": seed}
     base = dict(
         data=f"{data}/imagenette-96/train", out=str(runs / folder), arch="resnet18", batch_size=64, lr=0.03,
         image_size=64, queue_size=4096, workers=workers, resume="auto",
@@ -76,14 +79,22 @@ def pretrain_config(data: Path, runs: Path, name: str, workers: int) -> Pretrain
 @click.option("--out", default="reports/imagenette-cpu", show_default=True)
 @click.option("--workers", default=1, show_default=True)
 @click.option("--only", type=click.Choice(["pretrain", "all"]), default="all", show_default=True)
+@click.option("--pretrain-seed", default=0, show_default=True, help="With --only pretrain: pretrain the --rows again "
+              "with this seed, into <folder>_seed<k> (the spread between pretraining seeds).")
+@click.option("--rows", default=",".join(PRETRAININGS), show_default=True, help="With --only pretrain: these rows.")
 @click.option("--tasks", default=",".join(TASKS), show_default=True, help="The cpu-small tasks to run.")
 @click.option("--detection-runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folders of benchmarks/detection_cpu.py runs whose results join the report (one budget each).")
-def main(data: Path, runs: Path, out: str, workers: int, only: str, tasks: str, detection_runs) -> None:
+def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_seed: int, rows: str, tasks: str,
+         detection_runs) -> None:
     setup_logging()
-    ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
     if only == "pretrain":
+        for name in rows.split(","):
+            pretrain(pretrain_config(data, runs, name, workers, pretrain_seed))
         return
+    if pretrain_seed or rows != ",".join(PRETRAININGS):
+        raise click.UsageError("--pretrain-seed and --rows go with --only pretrain: the report uses every row's seed 0")
+    ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
     names = tuple(tasks.split(","))
     suites = [runs / "imagenette-cpu" / "suite"]
     t0 = time.perf_counter()
