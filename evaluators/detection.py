@@ -29,7 +29,8 @@ class DetectionConfig:
 
     data: str = option("", "COCO folder (annotations/instances_{train,val}2017.json, {train,val}2017/) or VOC devkit "
                        "(VOC2007[, VOC2012]); empty: the $DETECTRON2_DATASETS layout.", exists="dir")
-    head: Literal["C4", "FPN"] = option("C4", "R50-C4 with Res5ROIHeadsExtraNorm (the MoCo setup), or FPN.")
+    head: Literal["C4", "FPN"] = option("C4", "C4 with Res5ROIHeadsExtraNorm (the MoCo setup; for ResNet-18/34 a "
+                                        "BasicBlock res5), or FPN.")
     schedule: Literal["1x", "2x"] = option(
         "2x", "COCO schedule: 2x (180k iterations, the MoCo paper's COCO rows: official coco_R_50_C4_2x.yaml) or 1x "
         "(90k, ours: shorter, not comparable with the published numbers).")
@@ -90,8 +91,6 @@ def run_detection(task: str, cfg: DetectionConfig, ctx: TaskContext) -> dict[str
     depth = DEPTHS.get(ctx.info.arch)
     if depth is None:
         raise TaskError(f"detection needs a ResNet backbone; the checkpoint holds {ctx.info.arch}")
-    if cfg.head == "C4" and depth < 50:
-        raise TaskError(f"head=C4 needs Bottleneck blocks (ResNet-50 and deeper); {ctx.info.arch} needs head=FPN")
     device = str(dist.select_device(cfg.device).type)
     if cfg.norm == "SyncBN" and device == "cpu" and cfg.num_procs * cfg.num_machines > 1:
         raise TaskError("norm=SyncBN needs GPUs with several processes; use norm=naiveSyncBN on the CPU")
