@@ -49,15 +49,6 @@ BUDGETS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[int, 
                                                     "INPUT.MIN_SIZE_TEST=288", "INPUT.MAX_SIZE_TEST=384",
                                                     "SOLVER.MAX_ITER=1000", "SOLVER.STEPS=(700,900)"),
                            ("random", "supervised"), (0, 1, 2)),
-    # The same, each crop centred on a person where the image has one (transfer/detection.py ObjectCentredCrop):
-    # person_crop_1000it's batches held only 1.5-10.5 foreground ROIs.
-    "person_objcrop_1000it": ("coco_det", "coco-mini", ("keep_classes=person", "INPUT.CROP.ENABLED=True",
-                                                       "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
-                                                       "INPUT.CROP.CENTRE_ON_OBJECT=True",
-                                                       "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320",
-                                                       "INPUT.MIN_SIZE_TEST=288", "INPUT.MAX_SIZE_TEST=384",
-                                                       "SOLVER.MAX_ITER=1000", "SOLVER.STEPS=(700,900)"),
-                              ("random", "supervised"), (0,)),  # no gain at seed 0: seeds 1 and 2 not run
     # The paper's VOC head (R50-C4 there): res5 runs on each ROI, so the box head starts from the pretrained res5
     # (2 BasicBlocks for ResNet-18, Res5ROIHeadsExtraNorm). 32 ROIs an image (64 in cpu-crop) and 700 iterations
     # keep a run near 10 minutes: 0.80 s an iteration against 1.40 at 64 ROIs (40 timed iterations).

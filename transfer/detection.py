@@ -16,12 +16,10 @@ import os
 import weakref
 from pathlib import Path
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
-from detectron2.data import transforms as T
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_pascal_voc
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
@@ -30,7 +28,6 @@ from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
-from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -295,7 +292,6 @@ def build_cfg(task: str, config_file: str, weights: str, out: Path, depth: int,
         cfg.MODEL.FPN.NORM = norm
     cfg.OUTPUT_DIR = str(out)
     cfg.SEED = seed
-    cfg.INPUT.CROP.CENTRE_ON_OBJECT = False  # ours: see ObjectCentredCrop
     cfg.merge_from_list(PRESETS[preset] if preset else [])
     cfg.merge_from_list(opts)
     return cfg
@@ -348,51 +344,6 @@ class KeepNewestCheckpointer(hooks.PeriodicCheckpointer):
                     old.unlink()
 
 
-class ObjectCentredCrop(T.Augmentation):
-    """A ``size`` (h, w) crop whose window holds the centre of one ground-truth box, the box picked uniformly among
-    the image's ``boxes`` (XYXY, set per image by :class:`ObjectCropMapper`) and the window uniformly among those
-    that hold its centre; a uniform crop, as detectron2's ``RandomCrop("absolute")``, when there is no box. Ours, for
-    the CPU presets: a uniform 320 px crop of a 640x480 COCO image often holds no object, which starves the box head
-    of foreground ROIs. Not part of any published protocol."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.size = size
-        self.boxes = np.zeros((0, 4))
-
-    def get_transform(self, image: np.ndarray) -> T.Transform:
-        h, w = image.shape[:2]
-        ch, cw = min(self.size[0], h), min(self.size[1], w)
-        if len(self.boxes):
-            x0, y0, x1, y1 = self.boxes[np.random.randint(len(self.boxes))]
-            cx, cy = min(max((x0 + x1) / 2, 0), w - 1), min(max((y0 + y1) / 2, 0), h - 1)
-            left = np.random.randint(max(0, math.floor(cx) - cw + 1), min(w - cw, math.floor(cx)) + 1)
-            top = np.random.randint(max(0, math.floor(cy) - ch + 1), min(h - ch, math.floor(cy)) + 1)
-        else:
-            left, top = np.random.randint(w - cw + 1), np.random.randint(h - ch + 1)
-        return T.CropTransform(left, top, cw, ch)
-
-
-class ObjectCropMapper(DatasetMapper):
-    """detectron2's training mapper with its ``INPUT.CROP`` replaced by :class:`ObjectCentredCrop` of the same
-    absolute size (``INPUT.CROP.CENTRE_ON_OBJECT``). Each loader worker holds its own copy, so the boxes set before
-    each image are that image's."""
-
-    def __init__(self, cfg: CfgNode) -> None:
-        if not cfg.INPUT.CROP.ENABLED or cfg.INPUT.CROP.TYPE != "absolute":
-            raise ValueError("INPUT.CROP.CENTRE_ON_OBJECT needs INPUT.CROP.ENABLED True and INPUT.CROP.TYPE absolute, "
-                             f"got {cfg.INPUT.CROP.ENABLED} and {cfg.INPUT.CROP.TYPE!r}")
-        super().__init__(cfg, is_train=True)
-        self.crop = ObjectCentredCrop(tuple(cfg.INPUT.CROP.SIZE))
-        self.augmentations.augs[0] = self.crop  # from_config put the crop first, before the resize
-
-    def __call__(self, dataset_dict: dict) -> dict:
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                 for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
-        self.crop.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        return super().__call__(dataset_dict)
-
-
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose DDP wrapper passes no ``device_ids`` on the CPU (DDP rejects them there)."""
 
@@ -423,12 +374,6 @@ class Trainer(DefaultTrainer):
             if isinstance(hook, hooks.PeriodicCheckpointer):
                 built[i] = KeepNewestCheckpointer(self.checkpointer, hook.period)
         return [*built, SaveOnSignal(self.stop)]
-
-    @classmethod
-    def build_train_loader(cls, cfg: CfgNode):
-        if cfg.INPUT.CROP.get("CENTRE_ON_OBJECT", False):
-            return build_detection_train_loader(cfg, mapper=ObjectCropMapper(cfg))
-        return super().build_train_loader(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):
