@@ -79,7 +79,7 @@ def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int =
 @click.option("--out", default="reports/imagenette-cpu", show_default=True)
 @click.option("--workers", default=1, show_default=True)
 @click.option("--only", type=click.Choice(["pretrain", "all"]), default="all", show_default=True)
-@click.option("--pretrain-seed", default=0, show_default=True, help="With --only pretrain: pretrain the --rows again "
+@click.option("--pretrain-seed", default=0, show_default=True, type=click.IntRange(0), help="With --only pretrain: pretrain the --rows again "
               "with this seed, into <folder>_seed<k> (the spread between pretraining seeds).")
 @click.option("--rows", default=",".join(PRETRAININGS), show_default=True, help="With --only pretrain: these rows.")
 @click.option("--tasks", default=",".join(TASKS), show_default=True, help="The cpu-small tasks to run.")
@@ -88,6 +88,9 @@ def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int =
 def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_seed: int, rows: str, tasks: str,
          detection_runs) -> None:
     setup_logging()
+    unknown = [r for r in rows.split(",") if r not in PRETRAININGS]
+    if unknown:
+        raise click.BadParameter(f"{unknown} are not rows; choose among {list(PRETRAININGS)}", param_hint="--rows")
     if only == "pretrain":
         for name in rows.split(","):
             pretrain(pretrain_config(data, runs, name, workers, pretrain_seed))

@@ -216,23 +216,26 @@ def test_c4_head_of_a_basicblock_resnet_is_its_pretrained_res5(tmp_path, depth, 
 
     torch.manual_seed(0)
     net = getattr(torchvision.models, f"resnet{depth}")()
-    for m in net.modules():  # non-trivial BN statistics, so a wrong mapping cannot pass unnoticed
+    for m in net.modules():  # every BN tensor distinct, so a wrong mapping cannot pass unnoticed
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
+            for t in (m.weight.data, m.bias.data, m.running_mean):
+                t.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
-    pkl = write_detectron2(torchvision_to_detectron2(net.state_dict()), tmp_path / "w.pkl")
+    converted = torchvision_to_detectron2(net.state_dict())
+    pkl = write_detectron2(converted, tmp_path / "w.pkl")
     cfg = build_cfg("voc_det", "voc_R_50_C4_24k_moco.yaml", str(pkl), tmp_path, depth, (("a",), ("b",), 2), "BN", "",
                     [], 0, "cpu")
     model = build_model(cfg)
     DetectionCheckpointer(model).load(str(pkl))
     res5 = model.roi_heads.res5
     assert len(res5) == blocks + 1 and res5.norm.num_features == 512  # the blocks, then the extra norm
-    for i, (ours, theirs) in enumerate(zip(res5[:blocks], net.layer4, strict=True)):
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
-            got, want = getattr(ours, conv), getattr(theirs, conv)
-            assert torch.equal(got.weight, want.weight), (i, conv)
-            assert torch.equal(got.norm.running_var, getattr(theirs, bn).running_var), (i, bn)
-    assert torch.equal(res5[0].shortcut.weight, net.layer4[0].downsample[0].weight)
+    head = {k: v for k, v in model.roi_heads.state_dict().items() if k.startswith("res5.")}
+    want = {k: v for k, v in converted.items() if k.startswith("res5.")}
+    assert head.keys() - want.keys() == {f"res5.norm.{n}" for n in ("weight", "bias", "running_mean", "running_var",
+                                                                   "num_batches_tracked")}  # only the extra norm
+    assert all(torch.equal(head[k], v) for k, v in want.items()), [k for k, v in want.items() if not torch.equal(head[k], v)]
+    assert torch.equal(res5[0].shortcut.weight, net.layer4[0].downsample[0].weight)  # torchvision's own names
+    assert torch.equal(res5[-2].conv2.norm.running_mean, net.layer4[-1].bn2.running_mean)
 
 
 def test_synthetic_detection_sets_score_ap_100_and_map_their_ids(tmp_path):
@@ -385,4 +388,3 @@ def test_cpu_crop_preset_is_the_measured_cpu_budget(tmp_path):
                                         "cpu").dump()
     assert crop.INPUT.CROP.ENABLED and tuple(crop.INPUT.CROP.SIZE) == (320, 320) and crop.SOLVER.MAX_ITER == 1000
     assert crop.dump() != det.build_cfg(*common, "cpu-smoke", [], 0, "cpu").dump()
-

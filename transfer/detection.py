@@ -53,8 +53,9 @@ if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
     class Res5ROIHeadsExtraNorm(Res5ROIHeads):
         """Res5 head with an extra norm layer after res5 (MoCo paper, appendix). As the official
         ``detection/train_net.py`` since facebookresearch/moco 87e36d3 ("avoid relying on private method
-        of detectron2"): the norm is added in ``__init__``, not by overriding the private
-        ``_build_res5_block`` (which detectron2 only supports through a shim that logs a warning)."""
+        of detectron2"): the norm is added in ``__init__``. ``_build_res5_block`` is overridden as a classmethod,
+        which detectron2 calls without its warning shim, only to give ResNet-18/34 their BasicBlock res5
+        (tests/test_detection.py checks both)."""
 
         def __init__(self, cfg, input_shape) -> None:
             super().__init__(cfg, input_shape)
