@@ -94,8 +94,8 @@ PRESETS: dict[str, list[str]] = {
 #: resized to a short side of 176, 192 or 208; tested at a short side of 288 (0.6 x 480). At cpu-smoke's 160-192 px the
 #: median coco-mini person is about 18 px, below FPN's smallest anchor (32); here about 43 px. Not a published
 #: protocol. With keep_classes=person, the best CPU budget measured (benchmarks/detection_cpu.py, person_crop_1000it:
-#: identical config): a supervised ResNet-18 above random init in each of 3 seeds, AP50 4.0 ± 1.9 against 1.5 ± 0.8,
-#: a gap of 1.3 of supervised's stds, so not yet a separation (benchmarks/RESULTS.md).
+#: identical config): a supervised ResNet-18 above random init in each of 5 seeds, AP50 4.1 ± 1.6 against 1.5 ± 0.6
+#: (Welch t 3.3), a gap of 1.6 of supervised's stds: ranked, not separated by several points (benchmarks/RESULTS.md).
 PRESETS["cpu-crop"] = [
     *PRESETS["cpu-smoke"],
     "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "(320, 320)",
