@@ -32,6 +32,10 @@ ROWS = {
     "supervised": "runs/imagenette-cpu/supervised/checkpoint_last.pth",
     "moco_v2": "runs/imagenette-cpu/moco_v2/checkpoint_last.pth",
 }
+#: cpu-crop's image scale (transfer/detection.py PRESETS["cpu-crop"]): 320 px crops resized to 176-208, test 288.
+CROP_SCALE = ("INPUT.CROP.ENABLED=True", "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
+              "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320", "INPUT.MIN_SIZE_TEST=288",
+              "INPUT.MAX_SIZE_TEST=384")
 #: name -> (task, data folder under --data, --set pairs over preset=cpu-smoke head=FPN, rows, seeds)
 BUDGETS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = {
     "person_600it": ("coco_det", "coco-mini", ("keep_classes=person", "SOLVER.MAX_ITER=600",
@@ -43,19 +47,12 @@ BUDGETS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[int, 
                             ("supervised",), (0,)),  # below the fine-tuned random row already: random not run
     # Person only at 0.6x the COCO image size for the cost of 192 px; the same config as --preset cpu-crop (its
     # comment in transfer/detection.py says why; tests/test_detection.py checks they agree).
-    "person_crop_1000it": ("coco_det", "coco-mini", ("keep_classes=person", "INPUT.CROP.ENABLED=True",
-                                                    "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
-                                                    "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320",
-                                                    "INPUT.MIN_SIZE_TEST=288", "INPUT.MAX_SIZE_TEST=384",
-                                                    "SOLVER.MAX_ITER=1000", "SOLVER.STEPS=(700,900)"),
+    "person_crop_1000it": ("coco_det", "coco-mini", ("keep_classes=person", *CROP_SCALE, "SOLVER.MAX_ITER=1000", "SOLVER.STEPS=(700,900)"),
                            ("random", "supervised"), (0, 1, 2, 3, 4)),
     # The paper's VOC head (R50-C4 there): res5 runs on each ROI, so the box head starts from the pretrained res5
     # (2 BasicBlocks for ResNet-18, Res5ROIHeadsExtraNorm). 32 ROIs an image (64 in cpu-crop) and 700 iterations
     # keep a run near 10 minutes: 0.80 s an iteration against 1.40 at 64 ROIs (40 timed iterations).
-    "person_c4_700it": ("coco_det", "coco-mini", ("keep_classes=person", "head=C4", "INPUT.CROP.ENABLED=True",
-                                                 "INPUT.CROP.TYPE=absolute", "INPUT.CROP.SIZE=(320,320)",
-                                                 "INPUT.MIN_SIZE_TRAIN=(176,192,208)", "INPUT.MAX_SIZE_TRAIN=320",
-                                                 "INPUT.MIN_SIZE_TEST=288", "INPUT.MAX_SIZE_TEST=384",
+    "person_c4_700it": ("coco_det", "coco-mini", ("keep_classes=person", "head=C4", *CROP_SCALE,
                                                  "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32",
                                                  "SOLVER.MAX_ITER=700", "SOLVER.STEPS=(490,630)"),
                         ("supervised",), (0,)),  # below the FPN budget's supervised runs: random not run

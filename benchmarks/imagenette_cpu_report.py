@@ -88,14 +88,15 @@ def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int =
 def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_seed: int, rows: str, tasks: str,
          detection_runs) -> None:
     setup_logging()
-    unknown = [r for r in rows.split(",") if r not in PRETRAININGS]
+    row_names = rows.split(",")
+    unknown = [r for r in row_names if r not in PRETRAININGS]
     if unknown:
         raise click.BadParameter(f"{unknown} are not rows; choose among {list(PRETRAININGS)}", param_hint="--rows")
     if only == "pretrain":
-        for name in rows.split(","):
+        for name in row_names:
             pretrain(pretrain_config(data, runs, name, workers, pretrain_seed))
         return
-    if pretrain_seed or rows != ",".join(PRETRAININGS):
+    if pretrain_seed or row_names != list(PRETRAININGS):
         raise click.UsageError("--pretrain-seed and --rows go with --only pretrain: the report uses every row's seed 0")
     ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
     names = tuple(tasks.split(","))

@@ -70,9 +70,9 @@ if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
             if depth >= 50:
                 return super()._build_res5_block(cfg)
             out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # res5 is 8x res2
-            blocks = ResNet.make_stage(BasicBlock, {18: 2, 34: 3}[depth], stride_per_block=[2] + [1] * {18: 1, 34: 2}[depth],
-                                       in_channels=out_channels // 2, out_channels=out_channels,
-                                       norm=cfg.MODEL.RESNETS.NORM)
+            n = {18: 2, 34: 3}[depth]
+            blocks = ResNet.make_stage(BasicBlock, n, stride_per_block=[2] + [1] * (n - 1), in_channels=out_channels // 2,
+                                       out_channels=out_channels, norm=cfg.MODEL.RESNETS.NORM)
             return torch.nn.Sequential(*blocks), out_channels
 
 
