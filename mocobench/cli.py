@@ -371,7 +371,10 @@ def sweep(name, sweep_out, knn_data, knn_set, points, **options) -> None:
 @click.option("--notes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text file of '- ' items: the report's 'What this can and cannot show' section.")
 def report(run_dirs, out, baseline, title, notes) -> None:
-    """Tables (md/csv/html) and figures from every results.json below RUN_DIRS."""
+    """Tables (md/csv/html) and figures from every results.json below RUN_DIRS.
+
+    A RUN_DIRS entry may also be an earlier report's report.csv: its rows join the new runs', so a committed
+    report can be extended (another pretraining seed) after its first run folders are gone."""
     from mocobench.log import setup_logging
     from mocobench.report import read_notes, write_report
     from mocobench.results import ResultsError

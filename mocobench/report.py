@@ -4,6 +4,8 @@ The tidy frame has one row per (pretraining, task, metric, seed): repeated detec
 (``--repeats``) contribute one row per seed, so every mean ± std is computed here the same way.
 Outputs (``write_report``): ``report.md``, ``report.csv`` (the tidy frame), ``report.html`` (deltas
 coloured), ``pivot.csv``, ``delta.csv`` and PNG figures. A missing cell stays missing (``—``), never 0.
+An earlier report's ``report.csv`` is an input too: a committed report is extended by new runs (another
+pretraining seed) after the folders of its first runs are gone.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ NOT_SCORE_PREFIXES = ("ci95_", "std_")
 MISSING = "—"
 
 
+#: The columns of the tidy frame, as ``report.csv`` stores them.
+TIDY_COLUMNS = ("pretraining", "task", "metric", "value", "seed", "config_hash", "protocol", "arch", "checkpoint",
+                "checkpoint_sha256", "checkpoint_epoch", "recipe", "headline", "zoo", "published", "published_source",
+                "path")
+#: Tidy columns that are numbers (the others are read as text, so that a hash like ``12345678`` stays text).
+TIDY_NUMBERS = ("value", "seed", "checkpoint_epoch", "published")
+
+
 def find_results(roots: list[str | Path]) -> list[Path]:
     """All ``results.json`` files below ``roots`` (a root may also be a results file)."""
     found: list[Path] = []
@@ -64,6 +74,28 @@ def find_results(roots: list[str | Path]) -> list[Path]:
     if not found:
         raise ResultsError(f"no {RESULTS_FILE} below {', '.join(map(str, roots))}")
     return found
+
+
+def read_tidy(path: str | Path) -> pd.DataFrame:
+    """The tidy frame an earlier report stored (its ``report.csv``), task tags (``task@hash``) removed: ``collect``
+    tags again over all its inputs. Only ``""`` is missing, so a recipe ``null`` stays the JSON text it was."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{path}: cannot read it as a report.csv: {e}") from e
+    missing = [c for c in TIDY_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(f"{path} is not a report.csv of mocobench report (the tidy frame): it lacks the "
+                           f"column(s) {', '.join(missing)}")
+    for col in TIDY_NUMBERS:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    bad = df[df["value"].isna() | df["seed"].isna()]
+    if len(bad):
+        raise ResultsError(f"{path}: line {bad.index[0] + 2} has no numeric value or seed")
+    df["seed"] = df["seed"].astype(int)
+    df["recipe"] = df["recipe"].fillna("null")  # a csv edited by hand may have lost the JSON null
+    df["task"] = df["task"].str.split("@").str[0]
+    return df[list(TIDY_COLUMNS)]
 
 
 def protocol(config: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +119,9 @@ def config_hash(proto: dict[str, Any]) -> str:
 
 
 def collect(roots: list[str | Path]) -> pd.DataFrame:
-    """One tidy DataFrame of every results file below ``roots``.
+    """One tidy DataFrame of every results file below ``roots``, and of the rows of every ``report.csv`` among
+    them (:func:`read_tidy`). A row found twice (the same results file, metric and seed: a report re-made from
+    its own csv) is kept once, from the later root.
 
     Columns: pretraining, task, metric, value, seed, config_hash, protocol, arch, checkpoint,
     checkpoint_sha256, checkpoint_epoch, recipe, headline (the task's headline metric), zoo (the catalogue
@@ -95,8 +129,10 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
     for this task and metric, :mod:`mocobench.zoo`), path. ``*_std``
     metrics are dropped (recomputed from the per-seed rows). A task run under several protocols becomes ``task@<config hash>``.
     """
+    tidy = [read_tidy(r) for r in roots if str(r).endswith(".csv")]
+    dirs = [r for r in roots if not str(r).endswith(".csv")]
     rows = []
-    for path in find_results(roots):
+    for path in find_results(dirs) if dirs or not tidy else []:
         rec = read_results(path)
         try:
             proto = protocol(rec["config"])
@@ -119,10 +155,9 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
                                      "published_source": pub.source if pub else None})
         except (KeyError, TypeError) as e:
             raise ResultsError(f"results file {path} lacks a field of schema 1: {e}") from e
-    cols = ["pretraining", "task", "metric", "value", "seed", "config_hash", "protocol", "arch", "checkpoint",
-            "checkpoint_sha256", "checkpoint_epoch", "recipe", "headline", "zoo", "published", "published_source",
-            "path"]
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.concat([*tidy, pd.DataFrame(rows, columns=list(TIDY_COLUMNS))], ignore_index=True) if tidy else \
+        pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+    df = df.drop_duplicates(subset=["path", "metric", "seed"], keep="last").reset_index(drop=True)
     # Numbers of one task under different protocols never share a column: tag the task with its hash.
     n_protocols = df.groupby("task")["config_hash"].transform("nunique")
     df["task"] = df["task"].where(n_protocols == 1, df["task"] + "@" + df["config_hash"])
@@ -227,11 +262,17 @@ def protocols_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _checkpoints(df: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """(row name, its first tidy row) for every checkpoint of every row, in row order: a row pretrained with
+    several seeds has several checkpoints."""
+    return [(name, sub) for name in _row_order(df["pretraining"])
+            for _, sub in df[df["pretraining"] == name].drop_duplicates("checkpoint").iterrows()]
+
+
 def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per pretraining: checkpoint, epoch and the recipe read from it (when it has one)."""
+    """One row per checkpoint: its row, checkpoint, epoch and the recipe read from it (when it has one)."""
     rows = []
-    for name in _row_order(df["pretraining"]):
-        sub = df[df["pretraining"] == name].iloc[0]
+    for name, sub in _checkpoints(df):
         recipe = json.loads(sub["recipe"]) or {}
         for key in NOT_APPLICABLE.get(recipe.get("method"), ()):
             recipe.pop(key, None)
@@ -305,11 +346,14 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
 def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
     """Loss and kNN monitor against epoch for every pretraining whose checkpoint folder has metrics.jsonl."""
     curves = {}
-    for name in _row_order(df["pretraining"]):
-        ckpt = Path(df[df["pretraining"] == name]["checkpoint"].iloc[0])
+    several = df.groupby("pretraining")["checkpoint"].nunique() > 1
+    for name, sub in _checkpoints(df):
+        ckpt = Path(sub["checkpoint"])
         metrics = ckpt.parent / "metrics.jsonl"
         if ckpt.name != "random" and metrics.is_file():
-            curves[name] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
+            seed = (json.loads(sub["recipe"]) or {}).get("seed")
+            label = f"{name} (pretraining seed {seed})" if several[name] else name
+            curves[label] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
     if not curves:
         return None
     return _save_figure(draw_curves(curves), out / "fig_pretraining_curves.png")
@@ -479,8 +523,11 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
     figures += [curve] if curve else []
 
     title = title or f"mocobench report: {out.name}"
+    seeds = ("seeds (± std, n when more than one: the probe's seeds, and a row's pretraining seeds where it has "
+             "several checkpoints)" if (df.groupby("pretraining")["checkpoint"].nunique() > 1).any()
+             else "seeds (± std, n seeds when more than one)")
     md = [f"# {title}", "", f"{df['path'].nunique()} results files; {df['pretraining'].nunique()} pretrainings, "
-          f"{df['task'].nunique()} tasks. Cells: mean over seeds (± std, n seeds when more than one); "
+          f"{df['task'].nunique()} tasks. Cells: mean over {seeds}; "
           f"{MISSING} = not run. One table per task (columns: its metrics; rows: pretrainings).", "",
           "## Results", ""]
     md += _per_task_markdown(table)

@@ -23,6 +23,7 @@ from mocobench.report import (
     delta,
     draw_curves,
     formatted_pivot,
+    read_tidy,
     recipes_table,
     write_report,
 )
@@ -71,11 +72,13 @@ def test_supervised_pretraining_feeds_the_same_reader(synth, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ report
-def _results(root, pretraining, task, metrics, seed=0, config=None, runs=None, version=1, derived=None):
+def _results(root, pretraining, task, metrics, seed=0, config=None, runs=None, version=1, derived=None,
+             checkpoint=None):
     d = root / pretraining / task
     d.mkdir(parents=True)
     rec = {"schema_version": version, "task": task, "pretraining": pretraining, "metrics": metrics, "seed": seed,
-           "checkpoint": {"source": "random", "format": "random", "arch": "resnet18", "epoch": 0, "sha256": None},
+           "checkpoint": checkpoint or {"source": "random", "format": "random", "arch": "resnet18", "epoch": 0,
+                                        "sha256": None},
            "config": {"data": "/x/imagenette", "k": 200, **(config or {}),
                       "derived": {**({"runs": runs} if runs else {}), **(derived or {})}}}
     (d / "results.json").write_text(json.dumps(rec))
@@ -249,6 +252,55 @@ def test_killed_suite_resumes_without_redoing_finished_tasks(demo_data, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert "knn on random: done already" in done.stdout + done.stderr
     assert knn.stat().st_mtime_ns == stamp and (out / "random" / "voc_det" / "results.json").exists()
+
+
+def test_a_report_csv_is_an_input_so_a_committed_report_grows_a_second_pretraining_seed(tmp_path):
+    """The first runs' folders are gone, their report.csv remains: a second pretraining seed under the same label
+    joins its row (mean ± std over both checkpoints), each checkpoint gets a pretrainings row, and a report re-made
+    from its own csv plus the same runs is byte-identical (no row counted twice)."""
+    import shutil
+
+    def ckpt(name, seed, sha):
+        return {"source": f"runs/{name}/checkpoint_last.pth", "format": "mocobench", "arch": "resnet18", "epoch": 45,
+                "sha256": sha, "recipe": {"method": "moco_v1", "epochs": 45, "queue_size": 4096, "seed": seed}}
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    _results(first, "moco_v1", "knn", {"top1": 47.0}, checkpoint=ckpt("v1", 0, "aa"))
+    _results(first, "random", "knn", {"top1": 33.4})
+    for seed, top1 in enumerate((46.0, 48.0)):
+        _results(first / f"s{seed}", "moco_v1", "linear", {"top1_best": top1}, seed=seed, checkpoint=ckpt("v1", 0, "aa"))
+    write_report([first], tmp_path / "rep1", baseline="random")
+    shutil.rmtree(first)
+    _results(second, "moco_v1", "knn", {"top1": 45.0}, checkpoint=ckpt("v1_seed1", 1, "bb"))
+    _results(second / "s0", "moco_v1", "linear", {"top1_best": 50.0}, checkpoint=ckpt("v1_seed1", 1, "bb"))
+
+    rep = write_report([tmp_path / "rep1" / "report.csv", second], tmp_path / "rep2", baseline="random")
+    assert rep.pivot.loc["moco_v1", ("knn", "top1")] == f"46.0 ± {math.sqrt(2):.1f} (n=2)"
+    assert rep.pivot.loc["moco_v1", ("linear", "top1_best")] == "48.0 ± 2.0 (n=3)"
+    assert rep.pivot.loc["random", ("knn", "top1")] == "33.4"
+    assert rep.delta.loc["moco_v1", ("knn", "top1")] == pytest.approx(12.6)
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert "pretraining seeds where it has several checkpoints" in md
+    assert "runs/v1/checkpoint_last.pth" in md and "runs/v1_seed1/checkpoint_last.pth" in md
+    assert set(rep.tidy["task"]) == {"knn", "linear"}  # no task@hash: the csv's and the new rows share protocols
+
+    again = write_report([tmp_path / "rep2" / "report.csv", second], tmp_path / "rep3", baseline="random")
+    assert len(again.tidy) == len(rep.tidy)
+    assert (tmp_path / "rep3" / "report.csv").read_bytes() == (tmp_path / "rep2" / "report.csv").read_bytes()
+
+
+def test_a_report_csv_keeps_hashes_as_text_and_a_foreign_csv_is_named(tmp_path):
+    _results(tmp_path / "r", "random", "knn", {"top1": 33.4})
+    write_report([tmp_path / "r"], tmp_path / "rep", baseline="")
+    csv = tmp_path / "rep" / "report.csv"
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df["config_hash"] = "00012345"  # all digits: read as a number it would lose its zeros
+    df.to_csv(csv, index=False)
+    assert read_tidy(csv)["config_hash"].tolist() == ["00012345"]
+    assert read_tidy(csv)["recipe"].tolist() == ["null"]  # the JSON text, not a missing value
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ResultsError, match=r"other\.csv is not a report\.csv.*pretraining, task, metric"):
+        collect([tmp_path / "other.csv"])
 
 
 def test_recipes_table_shows_the_speed_settings_only_off_their_defaults():
