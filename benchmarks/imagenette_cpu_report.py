@@ -10,6 +10,12 @@ Every stage resumes: a finished pretraining or task is skipped on a re-run.
 
     python benchmarks/imagenette_cpu_report.py --data ../shared/data --runs runs --out reports/imagenette-cpu \\
         --tasks knn,linear,finegrained --detection-runs /tmp/detbench/person_600it
+
+Another pretraining seed K of some rows (the spread between pretrainings) joins the report under the same row
+names: ``--only pretrain --pretrain-seed K --rows ...`` pretrains them into ``<folder>_seed<K>``, then
+``--pretrain-seed K --rows ...`` (without ``--only``) runs the ``--tasks`` on them into ``suite_pretrain<K>*`` and
+re-makes the report from these runs, the rows of those tasks in OUT/report.csv (the earlier seeds, whose run
+folders may be gone) and ``--detection-runs``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import click
 from mocobench.log import setup_logging
 from mocobench.pretrain.config import PretrainConfig
 from mocobench.pretrain.engine import pretrain
-from mocobench.report import read_notes, write_report
+from mocobench.report import read_notes, read_tidy, write_report
 from mocobench.results import read_results
 from mocobench.suite import run_suite
 
@@ -55,8 +61,9 @@ PRETRAININGS: dict[str, tuple[str, dict]] = {
 TASKS = ("knn", "linear", "finegrained", "coco_det", "voc_det")
 SEEDED = ("linear", "finegrained")
 SEEDS = (0, 1, 2)
-#: The report's "What this can and cannot show" items (``mocobench report --notes``).
+#: The report's "What this can and cannot show" items (``mocobench report --notes``), and its title.
 NOTES = Path(__file__).parent / "imagenette_cpu_notes.md"
+TITLE = "imagenette-cpu: ResNet-18 pretrainings on imagenette-96 (64 px, CPU)"
 
 
 def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int = 0) -> PretrainConfig:
@@ -79,9 +86,10 @@ def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int =
 @click.option("--out", default="reports/imagenette-cpu", show_default=True)
 @click.option("--workers", default=1, show_default=True)
 @click.option("--only", type=click.Choice(["pretrain", "all"]), default="all", show_default=True)
-@click.option("--pretrain-seed", default=0, show_default=True, type=click.IntRange(0), help="With --only pretrain: pretrain the --rows again "
-              "with this seed, into <folder>_seed<k> (the spread between pretraining seeds).")
-@click.option("--rows", default=",".join(PRETRAININGS), show_default=True, help="With --only pretrain: these rows.")
+@click.option("--pretrain-seed", default=0, show_default=True, type=click.IntRange(0), help="Pretrain the --rows again "
+              "with this seed, into <folder>_seed<k> (the spread between pretraining seeds); without --only pretrain, "
+              "also evaluate them and add them to OUT/report.csv's rows.")
+@click.option("--rows", default=",".join(PRETRAININGS), show_default=True, help="With --pretrain-seed: these rows.")
 @click.option("--tasks", default=",".join(TASKS), show_default=True, help="The cpu-small tasks to run.")
 @click.option("--detection-runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folders of benchmarks/detection_cpu.py runs whose results join the report (one budget each).")
@@ -96,10 +104,13 @@ def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_see
         for name in row_names:
             pretrain(pretrain_config(data, runs, name, workers, pretrain_seed))
         return
-    if pretrain_seed or row_names != list(PRETRAININGS):
-        raise click.UsageError("--pretrain-seed and --rows go with --only pretrain: the report uses every row's seed 0")
-    ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
     names = tuple(tasks.split(","))
+    if pretrain_seed:
+        another_seed(data, runs, Path(out), workers, pretrain_seed, row_names, names, detection_runs)
+        return
+    if row_names != list(PRETRAININGS):
+        raise click.UsageError("--rows goes with --pretrain-seed: the report uses every row's seed 0")
+    ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
     suites = [runs / "imagenette-cpu" / "suite"]
     t0 = time.perf_counter()
     run_suite([*ckpts, "random"], suites[0], "cpu-small", names, data_root=data, arch="resnet18")
@@ -108,14 +119,41 @@ def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_see
         run_suite([*ckpts, "random"], suites[-1], "cpu-small", tuple(t for t in SEEDED if t in names), data_root=data,
                   arch="resnet18", seed=seed)
     logger.info("suites: %.0f s in this invocation", time.perf_counter() - t0)
-    report = write_report([*suites, *detection_runs], out, title="imagenette-cpu: ResNet-18 pretrainings on imagenette-96 (64 px, CPU)",
-                          notes=read_notes(NOTES))
+    report = write_report([*suites, *detection_runs], out, title=TITLE, notes=read_notes(NOTES))
+    logger.info("report: %s", report.out / "report.md")
+    write_summary(suites[0], report.pivot)
+
+
+def another_seed(data: Path, runs: Path, out: Path, workers: int, seed: int, rows: list[str], tasks: tuple[str, ...],
+                 detection_runs) -> None:
+    """The ``rows`` pretrained with ``seed`` (pretrained here when not yet done) run the ``tasks`` (SEEDED ones with
+    every probe seed) under their row names; the report is re-made from them, OUT/report.csv's rows of those tasks
+    and ``detection_runs``, so each row's cells hold all its pretraining seeds."""
+    earlier = out / "report.csv"
+    if not earlier.is_file():
+        raise click.UsageError(f"{earlier} does not exist: make the seed-0 report first (without --pretrain-seed)")
+    kept = read_tidy(earlier)
+    kept = kept[kept["task"].isin(tasks)]
+    rows_csv = runs / "imagenette-cpu" / f"earlier_report_{'_'.join(tasks)}.csv"
+    rows_csv.parent.mkdir(parents=True, exist_ok=True)
+    rows_csv.write_text(kept.to_csv(index=False))
+    ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers, seed))}" for name in rows]
+    suites = [runs / "imagenette-cpu" / f"suite_pretrain{seed}"]
+    t0 = time.perf_counter()
+    run_suite(ckpts, suites[0], "cpu-small", tasks, data_root=data, arch="resnet18")
+    for probe in SEEDS[1:]:
+        suites.append(runs / "imagenette-cpu" / f"suite_pretrain{seed}_seed{probe}")
+        run_suite(ckpts, suites[-1], "cpu-small", tuple(t for t in SEEDED if t in tasks), data_root=data,
+                  arch="resnet18", seed=probe)
+    logger.info("suites of pretraining seed %d: %.0f s in this invocation", seed, time.perf_counter() - t0)
+    report = write_report([rows_csv, *suites, *detection_runs], out, title=TITLE, notes=read_notes(NOTES))
     logger.info("report: %s", report.out / "report.md")
     write_summary(suites[0], report.pivot)
 
 
 def write_summary(suite_out: Path, table) -> None:
-    """``benchmarks/results/imagenette_cpu.{json,md}``: the headline numbers and each task's wall time."""
+    """``benchmarks/results/imagenette_cpu.{json,md}``: the headline numbers and the wall time of each task run in
+    ``suite_out`` (— for rows it did not run)."""
     times = {}
     for path in sorted(suite_out.glob("*/*/results.json")):
         rec = read_results(path)
@@ -128,7 +166,7 @@ def write_summary(suite_out: Path, table) -> None:
     md += [f"| {name} | " + " | ".join(table.loc[name, h] for h in heads) + " |" for name in table.index]
     md += ["", "Wall time of each task (s, 2 CPU cores):", "", "| task | " + " | ".join(table.index) + " |",
            "|---" * (len(table.index) + 1) + "|"]
-    md += [f"| {task} | " + " | ".join(str(round(row.get(n, float("nan")))) for n in table.index) + " |"
+    md += [f"| {task} | " + " | ".join(str(round(row[n])) if n in row else "—" for n in table.index) + " |"
            for task, row in sorted(times.items())]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "imagenette_cpu.md").write_text("\n".join(md) + "\n")
