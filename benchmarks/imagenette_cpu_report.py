@@ -14,8 +14,9 @@ Every stage resumes: a finished pretraining or task is skipped on a re-run.
 Another pretraining seed K of some rows (the spread between pretrainings) joins the report under the same row
 names: ``--only pretrain --pretrain-seed K --rows ...`` pretrains them into ``<folder>_seed<K>``, then
 ``--pretrain-seed K --rows ...`` (without ``--only``) runs the ``--tasks`` on them into ``suite_pretrain<K>*`` and
-re-makes the report from these runs, the rows of those tasks in OUT/report.csv (the earlier seeds, whose run
-folders may be gone) and ``--detection-runs``.
+re-makes the report from these runs, the rows of OUT/report.csv (the earlier seeds, whose run folders may be gone;
+its rows of a detection task that ``--detection-runs`` supply again are replaced by those runs) and
+``--detection-runs``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import click
 from mocobench.log import setup_logging
 from mocobench.pretrain.config import PretrainConfig
 from mocobench.pretrain.engine import pretrain
-from mocobench.report import read_notes, read_tidy, write_report
+from mocobench.report import collect, read_notes, read_tidy, write_report
 from mocobench.results import read_results
 from mocobench.suite import run_suite
 
@@ -127,14 +128,17 @@ def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_see
 def another_seed(data: Path, runs: Path, out: Path, workers: int, seed: int, rows: list[str], tasks: tuple[str, ...],
                  detection_runs) -> None:
     """The ``rows`` pretrained with ``seed`` (pretrained here when not yet done) run the ``tasks`` (SEEDED ones with
-    every probe seed) under their row names; the report is re-made from them, OUT/report.csv's rows of those tasks
-    and ``detection_runs``, so each row's cells hold all its pretraining seeds."""
+    every probe seed) under their row names; the report is re-made from them, ``detection_runs`` and OUT/report.csv's
+    rows (the earlier seeds), so each row's cells hold all its pretraining seeds. Earlier rows of a detection task
+    that ``detection_runs`` supply again are left out: those runs replace that column (a new budget)."""
     earlier = out / "report.csv"
     if not earlier.is_file():
         raise click.UsageError(f"{earlier} does not exist: make the seed-0 report first (without --pretrain-seed)")
     kept = read_tidy(earlier)
-    kept = kept[kept["task"].isin(tasks)]
-    rows_csv = runs / "imagenette-cpu" / f"earlier_report_{'_'.join(tasks)}.csv"
+    if detection_runs:
+        replaced = set(collect(list(detection_runs))["task"].str.split("@").str[0])
+        kept = kept[~kept["task"].isin(replaced)]
+    rows_csv = runs / "imagenette-cpu" / "earlier_report.csv"
     rows_csv.parent.mkdir(parents=True, exist_ok=True)
     rows_csv.write_text(kept.to_csv(index=False))
     ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers, seed))}" for name in rows]

@@ -62,6 +62,13 @@ TIDY_COLUMNS = ("pretraining", "task", "metric", "value", "seed", "config_hash",
                 "path")
 #: Tidy columns that are numbers (the others are read as text, so that a hash like ``12345678`` stays text).
 TIDY_NUMBERS = ("value", "seed", "checkpoint_epoch", "published")
+#: Tidy columns that every row fills.
+TIDY_REQUIRED = ("pretraining", "task", "metric", "value", "seed", "config_hash", "protocol", "arch", "checkpoint", "path")
+#: What makes a row one measurement: a row found twice under this key (a report re-made from its own csv and the
+#: same runs, under any spelling of their folders) is kept once.
+MEASUREMENT = ("pretraining", "task", "config_hash", "checkpoint", "checkpoint_sha256", "metric", "seed")
+#: What tells two checkpoints of one row apart (one pretraining seed each, say).
+CHECKPOINT = ("checkpoint", "checkpoint_sha256")
 
 
 def find_results(roots: list[str | Path]) -> list[Path]:
@@ -89,9 +96,10 @@ def read_tidy(path: str | Path) -> pd.DataFrame:
                            f"column(s) {', '.join(missing)}")
     for col in TIDY_NUMBERS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    bad = df[df["value"].isna() | df["seed"].isna()]
-    if len(bad):
-        raise ResultsError(f"{path}: line {bad.index[0] + 2} has no numeric value or seed")
+    for col in TIDY_REQUIRED:
+        if df[col].isna().any():
+            line = int(df.index[df[col].isna()][0]) + 2
+            raise ResultsError(f"{path}: line {line} has no {col} (a number for value and seed, text otherwise)")
     df["seed"] = df["seed"].astype(int)
     df["recipe"] = df["recipe"].fillna("null")  # a csv edited by hand may have lost the JSON null
     df["task"] = df["task"].str.split("@").str[0]
@@ -120,8 +128,8 @@ def config_hash(proto: dict[str, Any]) -> str:
 
 def collect(roots: list[str | Path]) -> pd.DataFrame:
     """One tidy DataFrame of every results file below ``roots``, and of the rows of every ``report.csv`` among
-    them (:func:`read_tidy`). A row found twice (the same results file, metric and seed: a report re-made from
-    its own csv) is kept once, from the later root.
+    them (:func:`read_tidy`). A measurement found twice (``MEASUREMENT``: a report re-made from its own csv and
+    the same runs) is kept once: from a results file over a csv, from the later csv between two.
 
     Columns: pretraining, task, metric, value, seed, config_hash, protocol, arch, checkpoint,
     checkpoint_sha256, checkpoint_epoch, recipe, headline (the task's headline metric), zoo (the catalogue
@@ -157,7 +165,8 @@ def collect(roots: list[str | Path]) -> pd.DataFrame:
             raise ResultsError(f"results file {path} lacks a field of schema 1: {e}") from e
     df = pd.concat([*tidy, pd.DataFrame(rows, columns=list(TIDY_COLUMNS))], ignore_index=True) if tidy else \
         pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
-    df = df.drop_duplicates(subset=["path", "metric", "seed"], keep="last").reset_index(drop=True)
+    df["checkpoint_sha256"] = df["checkpoint_sha256"].fillna("")  # None (results) and "" (csv) alike
+    df = df.drop_duplicates(subset=list(MEASUREMENT), keep="last").reset_index(drop=True)
     # Numbers of one task under different protocols never share a column: tag the task with its hash.
     n_protocols = df.groupby("task")["config_hash"].transform("nunique")
     df["task"] = df["task"].where(n_protocols == 1, df["task"] + "@" + df["config_hash"])
@@ -266,7 +275,12 @@ def _checkpoints(df: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     """(row name, its first tidy row) for every checkpoint of every row, in row order: a row pretrained with
     several seeds has several checkpoints."""
     return [(name, sub) for name in _row_order(df["pretraining"])
-            for _, sub in df[df["pretraining"] == name].drop_duplicates("checkpoint").iterrows()]
+            for _, sub in df[df["pretraining"] == name].drop_duplicates(list(CHECKPOINT)).iterrows()]
+
+
+def _several_checkpoints(df: pd.DataFrame) -> pd.Series:
+    """Per row name: whether it holds more than one checkpoint."""
+    return df.drop_duplicates(["pretraining", *CHECKPOINT]).groupby("pretraining").size() > 1
 
 
 def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -346,13 +360,14 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
 def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
     """Loss and kNN monitor against epoch for every pretraining whose checkpoint folder has metrics.jsonl."""
     curves = {}
-    several = df.groupby("pretraining")["checkpoint"].nunique() > 1
+    several = _several_checkpoints(df)
     for name, sub in _checkpoints(df):
         ckpt = Path(sub["checkpoint"])
         metrics = ckpt.parent / "metrics.jsonl"
         if ckpt.name != "random" and metrics.is_file():
             seed = (json.loads(sub["recipe"]) or {}).get("seed")
             label = f"{name} (pretraining seed {seed})" if several[name] else name
+            label = label if label not in curves else f"{label}, {ckpt.parent.name}"
             curves[label] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
     if not curves:
         return None
@@ -524,7 +539,7 @@ def write_report(roots: list[str | Path], out: str | Path, baseline: str = "supe
 
     title = title or f"mocobench report: {out.name}"
     seeds = ("seeds (± std, n when more than one: the probe's seeds, and a row's pretraining seeds where it has "
-             "several checkpoints)" if (df.groupby("pretraining")["checkpoint"].nunique() > 1).any()
+             "several checkpoints)" if _several_checkpoints(df).any()
              else "seeds (± std, n seeds when more than one)")
     md = [f"# {title}", "", f"{df['path'].nunique()} results files; {df['pretraining'].nunique()} pretrainings, "
           f"{df['task'].nunique()} tasks. Cells: mean over {seeds}; "

@@ -287,6 +287,11 @@ def test_a_report_csv_is_an_input_so_a_committed_report_grows_a_second_pretraini
     again = write_report([tmp_path / "rep2" / "report.csv", second], tmp_path / "rep3", baseline="random")
     assert len(again.tidy) == len(rep.tidy)
     assert (tmp_path / "rep3" / "report.csv").read_bytes() == (tmp_path / "rep2" / "report.csv").read_bytes()
+    # the same runs under another spelling of their folder are the same measurements, not new seeds
+    spelled = write_report([tmp_path / "rep2" / "report.csv", second.resolve() / ".." / "second"], tmp_path / "rep4",
+                           baseline="random")
+    assert spelled.pivot.loc["moco_v1", ("knn", "top1")] == rep.pivot.loc["moco_v1", ("knn", "top1")]
+    assert len(spelled.tidy) == len(rep.tidy)
 
 
 def test_a_report_csv_keeps_hashes_as_text_and_a_foreign_csv_is_named(tmp_path):
@@ -295,9 +300,13 @@ def test_a_report_csv_keeps_hashes_as_text_and_a_foreign_csv_is_named(tmp_path):
     csv = tmp_path / "rep" / "report.csv"
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     df["config_hash"] = "00012345"  # all digits: read as a number it would lose its zeros
+    df["pretraining"] = "NA"  # a label pandas would read as missing by default
     df.to_csv(csv, index=False)
-    assert read_tidy(csv)["config_hash"].tolist() == ["00012345"]
-    assert read_tidy(csv)["recipe"].tolist() == ["null"]  # the JSON text, not a missing value
+    assert read_tidy(csv)[["config_hash", "pretraining"]].values.tolist() == [["00012345", "NA"]]
+    df["checkpoint"] = ""
+    df.to_csv(tmp_path / "blank.csv", index=False)
+    with pytest.raises(ResultsError, match=r"blank\.csv: line 2 has no checkpoint"):
+        read_tidy(tmp_path / "blank.csv")
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ResultsError, match=r"other\.csv is not a report\.csv.*pretraining, task, metric"):
         collect([tmp_path / "other.csv"])
@@ -306,7 +315,7 @@ def test_a_report_csv_keeps_hashes_as_text_and_a_foreign_csv_is_named(tmp_path):
 def test_recipes_table_shows_the_speed_settings_only_off_their_defaults():
     def row(name, **kw):
         recipe = {"method": "moco_v2", "arch": "resnet18", "epochs": 1, "amp": "none", "aug_backend": "pil", **kw}
-        return {"pretraining": name, "arch": "resnet18", "checkpoint": f"{name}.pth", "checkpoint_epoch": 1,
+        return {"pretraining": name, "arch": "resnet18", "checkpoint": f"{name}.pth", "checkpoint_sha256": "", "checkpoint_epoch": 1,
                 "recipe": json.dumps(recipe)}
 
     table = recipes_table(pd.DataFrame([row("a"), row("b", amp="bf16", aug_backend="tensor")]))
