@@ -95,7 +95,8 @@ PRESETS: dict[str, list[str]] = {
 #: median coco-mini person is about 18 px, below FPN's smallest anchor (32); here about 43 px. Not a published
 #: protocol. With keep_classes=person, the best CPU budget measured (benchmarks/detection_cpu.py, person_crop_1000it:
 #: identical config): a supervised ResNet-18 above random init in each of 5 seeds, AP50 4.1 ± 1.6 against 1.5 ± 0.6
-#: (Welch t 3.3), a gap of 1.6 of supervised's stds: ranked, not separated by several points (benchmarks/RESULTS.md).
+#: (Welch t 3.3), a gap of 1.6 of supervised's stds: ranked, not separated by several points; MoCo v2 and v1 land
+#: between (3.1 ± 0.3, 2.9 ± 0.4 over 3 seeds), above random init, within supervised's spread (benchmarks/RESULTS.md).
 PRESETS["cpu-crop"] = [
     *PRESETS["cpu-smoke"],
     "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "(320, 320)",
