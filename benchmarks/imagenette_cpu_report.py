@@ -112,17 +112,29 @@ def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_see
     if row_names != list(PRETRAININGS):
         raise click.UsageError("--rows goes with --pretrain-seed: the report uses every row's seed 0")
     ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
-    suites = [runs / "imagenette-cpu" / "suite"]
+    suites = run_suites([*ckpts, "random"], runs / "imagenette-cpu" / "suite", names, data)
+    report_and_summary([*suites, *detection_runs], out, suites[0])
+
+
+def run_suites(ckpts: list[str], folder: Path, tasks: tuple[str, ...], data: Path) -> list[Path]:
+    """The cpu-small ``tasks`` on ``ckpts`` into ``folder``; the SEEDED probes again with the next probe seeds, into
+    ``<folder>_seed<k>`` (mean ± std in the report). Returns the suite folders, ``folder`` first."""
+    suites = [folder]
     t0 = time.perf_counter()
-    run_suite([*ckpts, "random"], suites[0], "cpu-small", names, data_root=data, arch="resnet18")
-    for seed in SEEDS[1:]:  # the probes trained with a seed, again with the next seeds: mean ± std in the report
-        suites.append(runs / "imagenette-cpu" / f"suite_seed{seed}")
-        run_suite([*ckpts, "random"], suites[-1], "cpu-small", tuple(t for t in SEEDED if t in names), data_root=data,
+    run_suite(ckpts, folder, "cpu-small", tasks, data_root=data, arch="resnet18")
+    for seed in SEEDS[1:]:
+        suites.append(folder.with_name(f"{folder.name}_seed{seed}"))
+        run_suite(ckpts, suites[-1], "cpu-small", tuple(t for t in SEEDED if t in tasks), data_root=data,
                   arch="resnet18", seed=seed)
-    logger.info("suites: %.0f s in this invocation", time.perf_counter() - t0)
-    report = write_report([*suites, *detection_runs], out, title=TITLE, notes=read_notes(NOTES))
+    logger.info("suites %s*: %.0f s in this invocation", folder.name, time.perf_counter() - t0)
+    return suites
+
+
+def report_and_summary(roots: list[Path], out: str | Path, first_suite: Path) -> None:
+    """The report from ``roots`` (with the notes and title), then the summary of ``first_suite``'s tasks."""
+    report = write_report(roots, out, title=TITLE, notes=read_notes(NOTES))
     logger.info("report: %s", report.out / "report.md")
-    write_summary(suites[0], report.pivot)
+    write_summary(first_suite, report.pivot)
 
 
 def another_seed(data: Path, runs: Path, out: Path, workers: int, seed: int, rows: list[str], tasks: tuple[str, ...],
@@ -142,17 +154,8 @@ def another_seed(data: Path, runs: Path, out: Path, workers: int, seed: int, row
     rows_csv.parent.mkdir(parents=True, exist_ok=True)
     rows_csv.write_text(kept.to_csv(index=False))
     ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers, seed))}" for name in rows]
-    suites = [runs / "imagenette-cpu" / f"suite_pretrain{seed}"]
-    t0 = time.perf_counter()
-    run_suite(ckpts, suites[0], "cpu-small", tasks, data_root=data, arch="resnet18")
-    for probe in SEEDS[1:]:
-        suites.append(runs / "imagenette-cpu" / f"suite_pretrain{seed}_seed{probe}")
-        run_suite(ckpts, suites[-1], "cpu-small", tuple(t for t in SEEDED if t in tasks), data_root=data,
-                  arch="resnet18", seed=probe)
-    logger.info("suites of pretraining seed %d: %.0f s in this invocation", seed, time.perf_counter() - t0)
-    report = write_report([rows_csv, *suites, *detection_runs], out, title=TITLE, notes=read_notes(NOTES))
-    logger.info("report: %s", report.out / "report.md")
-    write_summary(suites[0], report.pivot)
+    suites = run_suites(ckpts, runs / "imagenette-cpu" / f"suite_pretrain{seed}", tasks, data)
+    report_and_summary([rows_csv, *suites, *detection_runs], out, suites[0])
 
 
 def write_summary(suite_out: Path, table) -> None:
