@@ -102,6 +102,10 @@ class SegConfig:
     head_channels: int = option(256, "Channels of the head's 3x3 convolutions (paper: 256).", min=1)
     head_dilation: int = option(6, "Dilation of the head's 3x3 convolutions (paper: 6, DeepLab's large field of view).", min=1)
     head_convs: int = option(2, "Number of 3x3 convolutions in the head (paper: 2).", min=0)
+    frozen_backbone: bool = option(
+        False, "Train the head only: the backbone's weights and BN statistics stay as loaded (the paper fine-tunes "
+        "the whole network). With head_convs=0 this is a linear probe of the conv5 features, as the frozen-feature "
+        "segmentation probes of MaskContrast (arXiv 2102.06191) and DINOv2 (arXiv 2304.07193).")
     contract_dilation: bool = option(
         False, "Keep dilation 1 in conv5's first block (SlotCon's mmseg contract_dilation=True, torchvision's "
         "replace_stride_with_dilation); default: every conv5 3x3 conv dilated 2, as the paper says.")
@@ -267,6 +271,8 @@ def run_segmentation(task: str, cfg: SegConfig, ctx: TaskContext) -> dict[str, f
     torch.manual_seed(ctx.seed)  # the head's initialisation: the same on every process
     model = FCN(ctx.backbone, len(classes), cfg.head_channels, cfg.head_dilation, cfg.head_convs,
                 cfg.contract_dilation)
+    if cfg.frozen_backbone:
+        model.backbone.requires_grad_(False)  # no graph through it: the step costs the head's backward only
     model = dist.sync_batchnorm(model, device).to(device)
     ctx.derived.update(layout=layout, train_split=train.name, val_split=val.name, num_classes=len(classes),
                        sizes={"train": len(train), "val": len(val)}, milestones=list(milestones(cfg)),
@@ -293,7 +299,7 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
     from mocobench.pretrain.engine import StopSignal, TrainingInterrupted
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     state_path = ctx.out / STATE_FILE
     start, losses, trained_s = 0, [], 0.0
     backbone = {"source": ctx.info.source, "sha256": ctx.info.sha256, "arch": ctx.info.arch,
@@ -340,6 +346,8 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
         dist.barrier()
 
     model.train()
+    if cfg.frozen_backbone:
+        model.backbone.eval()  # its BN normalises with the loaded statistics and does not update them
     it, t0 = start, time.perf_counter()
     with StopSignal() as stop:
         while it < cfg.iterations:

@@ -449,6 +449,24 @@ def test_stop_and_resume_equals_the_uninterrupted_run(seg_data, tmp_path):
     assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "ref" / "metrics.jsonl")
 
 
+def test_a_frozen_backbone_keeps_the_loaded_weights_and_bn_statistics_and_trains_the_head(seg_data, tmp_path):
+    net = torchvision.models.resnet18()
+    for m in net.modules():  # statistics unlike a fresh BN's (0, 1), so a single update would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    torch.save(net.state_dict(), tmp_path / "tv.pth")
+    args = [a if a != "random" else str(tmp_path / "tv.pth") for a in _transfer(seg_data, tmp_path / "run")]
+    run_cli([*args, "--set", "frozen_backbone=true", "--set", "head_convs=0"])
+    model = read_checkpoint(tmp_path / "run" / "seg_last.pth")["model"]
+    loaded = net.state_dict()
+    backbone = {k.removeprefix("backbone."): v for k, v in model.items() if k.startswith("backbone.")}
+    assert set(backbone) == set(loaded) - {"fc.weight", "fc.bias"}
+    for k, v in backbone.items():  # weights, BN statistics and num_batches_tracked: bit for bit
+        assert torch.equal(v, loaded[k]), f"{k} changed"
+    assert set(model) - {f"backbone.{k}" for k in backbone} == {"classifier.weight", "classifier.bias"}  # linear
+    assert model["classifier.bias"].abs().sum() > 0  # initialised to zero: the four SGD steps moved the head
+
+
 def _assert_same(a: Path, b: Path, atol: float, rtol: float = 0.0) -> None:
     sa, sb = (read_checkpoint(p / "seg_last.pth") for p in (a, b))
     assert sa["iteration"] == sb["iteration"]
