@@ -46,10 +46,10 @@ BUDGETS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...]]
     "person_lr0.02_1000it_crop64": ("coco-mini", (*_SMALL, "iterations=1000", "keep_classes=person"),
                                     ("random", "supervised"), (0,)),
     # a linear probe of the frozen conv5 features (1x1 classifier, the backbone's weights and BN statistics fixed):
-    # what the features hold, not what fine-tuning 160 images can make of them (the budgets above)
+    # what the features hold, not what fine-tuning 160 images can make of them (the budgets above). Measured on
+    # random and supervised only: it ranked random init above supervised, so the MoCo rows and seeds were not run.
     "person_frozen_linear_1000it": ("coco-mini", ("keep_classes=person", "frozen_backbone=true", "head_convs=0",
-                                                  "lr=0.02", "iterations=1000"),
-                                    ("random", "supervised", "moco_v2", "moco_v1"), (0, 1, 2)),
+                                                  "lr=0.02", "iterations=1000"), ("random", "supervised"), (0,)),
     "synthetic_demo": ("segmentation", ("scale_range=0.5,2.0", "test_scale=1", "iterations=200", "lr=0.02"),
                        ("random", "demo_supervised", "demo_moco_v2"), (0, 1)),
 }
