@@ -3,20 +3,19 @@
 Pretrainings on ``imagenette-96/train`` (64 px, batch 64, CPU budget): MoCo v2 (45 epochs, T 0.1), MoCo v1 (45 epochs)
 and supervised (15 epochs), and random initialisation. Then ``mocobench suite`` runs kNN and linear
 on imagenette-96, finegrained on flowers102-sub (linear and finegrained again with seeds 1 and 2), and coco_det /
-voc_det with the ``cpu-smoke`` preset unless ``--tasks`` leaves them out; ``--detection-runs`` adds the runs of
-``benchmarks/detection_cpu.py``. The report gets ``imagenette_cpu_notes.md`` as its "What this can and cannot show".
+voc_det with the ``cpu-smoke`` preset unless ``--tasks`` leaves them out; ``--task-runs`` adds the runs of
+``benchmarks/detection_cpu.py`` and ``benchmarks/segmentation_cpu.py``. The report gets ``imagenette_cpu_notes.md`` as its "What this can and cannot show".
 
 Every stage resumes: a finished pretraining or task is skipped on a re-run.
 
     python benchmarks/imagenette_cpu_report.py --data ../shared/data --runs runs --out reports/imagenette-cpu \\
-        --tasks knn,linear,finegrained --detection-runs /tmp/detbench/person_600it
+        --tasks knn,linear,finegrained --task-runs /tmp/detbench/person_600it
 
 Another pretraining seed K of some rows (the spread between pretrainings) joins the report under the same row
 names: ``--only pretrain --pretrain-seed K --rows ...`` pretrains them into ``<folder>_seed<K>``, then
 ``--pretrain-seed K --rows ...`` (without ``--only``) runs the ``--tasks`` on them into ``suite_pretrain<K>*`` and
 re-makes the report from these runs, the rows of OUT/report.csv (the earlier seeds, whose run folders may be gone;
-its rows of a detection task that ``--detection-runs`` supply again are replaced by those runs) and
-``--detection-runs``.
+its rows of a task that ``--task-runs`` supply again are replaced by those runs) and ``--task-runs``.
 """
 
 from __future__ import annotations
@@ -92,10 +91,12 @@ def pretrain_config(data: Path, runs: Path, name: str, workers: int, seed: int =
               "also evaluate them and add them to OUT/report.csv's rows.")
 @click.option("--rows", default=",".join(PRETRAININGS), show_default=True, help="With --pretrain-seed: these rows.")
 @click.option("--tasks", default=",".join(TASKS), show_default=True, help="The cpu-small tasks to run.")
-@click.option("--detection-runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folders of benchmarks/detection_cpu.py runs whose results join the report (one budget each).")
+@click.option("--task-runs", "--detection-runs", "task_runs", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folders of benchmarks/detection_cpu.py or segmentation_cpu.py runs whose results join the report "
+              "(one budget each); with --pretrain-seed they replace OUT/report.csv's rows of their task.")
 def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_seed: int, rows: str, tasks: str,
-         detection_runs) -> None:
+         task_runs) -> None:
     setup_logging()
     row_names = rows.split(",")
     unknown = [r for r in row_names if r not in PRETRAININGS]
@@ -107,13 +108,13 @@ def main(data: Path, runs: Path, out: str, workers: int, only: str, pretrain_see
         return
     names = tuple(tasks.split(","))
     if pretrain_seed:
-        another_seed(data, runs, Path(out), workers, pretrain_seed, row_names, names, detection_runs)
+        another_seed(data, runs, Path(out), workers, pretrain_seed, row_names, names, task_runs)
         return
     if row_names != list(PRETRAININGS):
         raise click.UsageError("--rows goes with --pretrain-seed: the report uses every row's seed 0")
     ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers))}" for name in PRETRAININGS]
     suites = run_suites([*ckpts, "random"], runs / "imagenette-cpu" / "suite", names, data)
-    report_and_summary([*suites, *detection_runs], out, suites[0])
+    report_and_summary([*suites, *task_runs], out, suites[0])
 
 
 def run_suites(ckpts: list[str], folder: Path, tasks: tuple[str, ...], data: Path) -> list[Path]:
@@ -138,24 +139,24 @@ def report_and_summary(roots: list[Path], out: str | Path, first_suite: Path) ->
 
 
 def another_seed(data: Path, runs: Path, out: Path, workers: int, seed: int, rows: list[str], tasks: tuple[str, ...],
-                 detection_runs) -> None:
+                 task_runs) -> None:
     """The ``rows`` pretrained with ``seed`` (pretrained here when not yet done) run the ``tasks`` (SEEDED ones with
-    every probe seed) under their row names; the report is re-made from them, ``detection_runs`` and OUT/report.csv's
-    rows (the earlier seeds), so each row's cells hold all its pretraining seeds. Earlier rows of a detection task
-    that ``detection_runs`` supply again are left out: those runs replace that column (a new budget)."""
+    every probe seed) under their row names; the report is re-made from them, ``task_runs`` and OUT/report.csv's
+    rows (the earlier seeds), so each row's cells hold all its pretraining seeds. Earlier rows of a task
+    that ``task_runs`` supply again are left out: those runs replace that column (a new budget)."""
     earlier = out / "report.csv"
     if not earlier.is_file():
         raise click.UsageError(f"{earlier} does not exist: make the seed-0 report first (without --pretrain-seed)")
     kept = read_tidy(earlier)
-    if detection_runs:
-        replaced = set(collect(list(detection_runs))["task"].str.split("@").str[0])
+    if task_runs:
+        replaced = set(collect(list(task_runs))["task"].str.split("@").str[0])
         kept = kept[~kept["task"].isin(replaced)]
     rows_csv = runs / "imagenette-cpu" / "earlier_report.csv"
     rows_csv.parent.mkdir(parents=True, exist_ok=True)
     rows_csv.write_text(kept.to_csv(index=False))
     ckpts = [f"{name}={pretrain(pretrain_config(data, runs, name, workers, seed))}" for name in rows]
     suites = run_suites(ckpts, runs / "imagenette-cpu" / f"suite_pretrain{seed}", tasks, data)
-    report_and_summary([rows_csv, *suites, *detection_runs], out, suites[0])
+    report_and_summary([rows_csv, *suites, *task_runs], out, suites[0])
 
 
 def write_summary(suite_out: Path, table) -> None:
