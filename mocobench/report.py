@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from mocobench.atomic import atomic_write, atomic_write_text
+from mocobench.checkpoint import file_sha256
 from mocobench.metrics import read_metrics
 from mocobench.results import RESULTS_FILE, ResultsError, read_results
 from mocobench.zoo import published_value
@@ -357,21 +358,32 @@ def bar_figures(df: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
-    """Loss and kNN monitor against epoch for every pretraining whose checkpoint folder has metrics.jsonl."""
+def curve_runs(df: pd.DataFrame) -> dict[str, list[dict]]:
+    """``{label: epoch records}`` of every checkpoint whose folder has metrics.jsonl and whose file is still the one
+    measured: a checkpoint pretrained again in place (another sha256 than its results record) has the new run's
+    metrics beside it, so its old results get no curve rather than the new run's."""
     curves = {}
     several = _several_checkpoints(df)
     for name, sub in _checkpoints(df):
         ckpt = Path(sub["checkpoint"])
         metrics = ckpt.parent / "metrics.jsonl"
-        if ckpt.name != "random" and metrics.is_file():
-            seed = (json.loads(sub["recipe"]) or {}).get("seed")
-            label = f"{name} (pretraining seed {seed})" if several[name] else name
-            label = label if label not in curves else f"{label}, {ckpt.parent.name}"
-            curves[label] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
-    if not curves:
-        return None
-    return _save_figure(draw_curves(curves), out / "fig_pretraining_curves.png")
+        if ckpt.name == "random" or not metrics.is_file():
+            continue
+        if sub["checkpoint_sha256"] and ckpt.is_file() and file_sha256(ckpt) != sub["checkpoint_sha256"]:
+            logger.info("report: no curve for %s's %s (sha256 %s): the file there now is another run's", name, ckpt,
+                        sub["checkpoint_sha256"])
+            continue
+        seed = (json.loads(sub["recipe"]) or {}).get("seed")
+        label = f"{name} (pretraining seed {seed})" if several[name] else name
+        label = label if label not in curves else f"{label}, {ckpt.parent.name}"
+        curves[label] = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
+    return curves
+
+
+def pretraining_curves(df: pd.DataFrame, out: Path) -> Path | None:
+    """Loss and kNN monitor against epoch for every pretraining that :func:`curve_runs` finds."""
+    curves = curve_runs(df)
+    return _save_figure(draw_curves(curves), out / "fig_pretraining_curves.png") if curves else None
 
 
 def draw_curves(curves: dict[str, list[dict]]):

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 import torchvision
 from helpers import TINY, run_cli
 
-from mocobench.checkpoint import load_backbone, read_checkpoint
+from mocobench.checkpoint import file_sha256, load_backbone, read_checkpoint
 from mocobench.pretrain.engine import train_step
 from mocobench.pretrain.supervised import Supervised
 from mocobench.report import (
     MISSING,
     collect,
+    curve_runs,
     delta,
     draw_curves,
     formatted_pivot,
@@ -292,6 +293,28 @@ def test_a_report_csv_is_an_input_so_a_committed_report_grows_a_second_pretraini
                            baseline="random")
     assert spelled.pivot.loc["moco_v1", ("knn", "top1")] == rep.pivot.loc["moco_v1", ("knn", "top1")]
     assert len(spelled.tidy) == len(rep.tidy)
+
+
+def test_a_checkpoint_pretrained_again_in_place_lends_its_curve_to_the_new_file_only(tmp_path):
+    """Results of a file since overwritten by a re-run (another sha256, same path) get no curve: the metrics.jsonl
+    beside it is the new run's. The new file's results get it, under one label."""
+    run = tmp_path / "runs" / "sup"
+    run.mkdir(parents=True)
+    (run / "checkpoint_last.pth").write_bytes(b"the second pretraining")
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 0, "loss": 2.0}) + "\n")
+
+    def ckpt(sha):
+        return {"source": str(run / "checkpoint_last.pth"), "format": "mocobench", "arch": "resnet18", "epoch": 1,
+                "sha256": sha, "recipe": {"method": "supervised", "epochs": 1, "seed": 0}}
+
+    _results(tmp_path / "r" / "a", "supervised", "knn", {"top1": 70.0}, checkpoint=ckpt("0123456789ab"))
+    now = file_sha256(run / "checkpoint_last.pth")
+    _results(tmp_path / "r" / "b", "supervised", "linear", {"top1_best": 60.0}, checkpoint=ckpt(now))
+    df = collect([tmp_path / "r"])
+    assert df.drop_duplicates(["checkpoint", "checkpoint_sha256"]).shape[0] == 2  # two files under one path
+    curves = curve_runs(df)
+    assert list(curves) == ["supervised (pretraining seed 0)"] and curves["supervised (pretraining seed 0)"][0][
+        "loss"] == 2.0
 
 
 def test_a_report_csv_keeps_hashes_as_text_and_a_foreign_csv_is_named(tmp_path):
