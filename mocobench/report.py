@@ -285,7 +285,8 @@ def _several_checkpoints(df: pd.DataFrame) -> pd.Series:
 
 
 def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per checkpoint: its row, checkpoint, epoch and the recipe read from it (when it has one)."""
+    """One row per checkpoint: its row, checkpoint, sha256 (what tells apart two files that took turns at one
+    path), epoch and the recipe read from it (when it has one)."""
     rows = []
     for name, sub in _checkpoints(df):
         recipe = json.loads(sub["recipe"]) or {}
@@ -295,7 +296,7 @@ def recipes_table(df: pd.DataFrame) -> pd.DataFrame:
         if recipe.get("data"):
             recipe["data"] = "/".join(Path(recipe["data"]).parts[-2:])
         rows.append({"pretraining": name, "arch": sub["arch"], "checkpoint": sub["checkpoint"],
-                     "epoch": sub["checkpoint_epoch"],
+                     "sha256": sub["checkpoint_sha256"], "epoch": sub["checkpoint_epoch"],
                      "recipe": ", ".join(f"{k}={v}" for k, v in recipe.items() if v is not None and k != "arch")})
     return pd.DataFrame(rows)
 

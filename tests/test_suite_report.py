@@ -315,6 +315,7 @@ def test_a_checkpoint_pretrained_again_in_place_lends_its_curve_to_the_new_file_
     curves = curve_runs(df)
     assert list(curves) == ["supervised (pretraining seed 0)"] and curves["supervised (pretraining seed 0)"][0][
         "loss"] == 2.0
+    assert sorted(recipes_table(df)["sha256"]) == sorted(["0123456789ab", now])  # the two files' rows differ
 
 
 def test_a_report_csv_keeps_hashes_as_text_and_a_foreign_csv_is_named(tmp_path):
