@@ -4,7 +4,8 @@ Pretrainings on ``imagenette-96/train`` (64 px, batch 64, CPU budget): MoCo v2 (
 and supervised (15 epochs), and random initialisation. Then ``mocobench suite`` runs kNN and linear
 on imagenette-96, finegrained on flowers102-sub (linear and finegrained again with seeds 1 and 2), and coco_det /
 voc_det with the ``cpu-smoke`` preset unless ``--tasks`` leaves them out; ``--task-runs`` adds the runs of
-``benchmarks/detection_cpu.py`` and ``benchmarks/segmentation_cpu.py``. The report gets ``imagenette_cpu_notes.md`` as its "What this can and cannot show".
+``benchmarks/detection_cpu.py`` and ``benchmarks/segmentation_cpu.py``. The report gets ``imagenette_cpu_notes.md``
+as its "What this can and cannot show".
 
 Every stage resumes: a finished pretraining or task is skipped on a re-run.
 

@@ -90,9 +90,9 @@ def main(data: str, synthetic: str, runs: str, budgets: str, rows: str, seeds: s
                           else None, "s_per_iteration": statistics.median(s["s_per_iteration"] for s in scores)})
             log.info("%s %s: mIoU %s", name, row, [round(m, 2) for m in miou])
     RESULTS.mkdir(exist_ok=True)
-    kept = RESULTS / "segmentation_cpu.json"
-    kept = [t for t in json.loads(kept.read_text()) if t["budget"] not in names] if kept.exists() else []
-    table = sorted(kept + table, key=lambda t: (list(BUDGETS).index(t["budget"]), t["row"] != "random"))
+    earlier = RESULTS / "segmentation_cpu.json"
+    kept = [t for t in json.loads(earlier.read_text()) if t["budget"] not in names] if earlier.exists() else []
+    table = sorted(kept + table, key=lambda t: list(BUDGETS).index(t["budget"]))  # stable: rows keep their order
     (RESULTS / "segmentation_cpu.json").write_text(json.dumps(table, indent=1) + "\n")
     lines = ["| budget (data; --set over cpu-smoke) | row | mIoU (seeds) | pixel acc | s/it |", "|---|---|---|---|---|"]
     for t in table:

@@ -299,7 +299,8 @@ def _train(cfg: SegConfig, ctx: TaskContext, model: nn.Module, train, device: to
     from mocobench.pretrain.engine import StopSignal, TrainingInterrupted
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]  # the head only with frozen_backbone
+    optimizer = torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     state_path = ctx.out / STATE_FILE
     start, losses, trained_s = 0, [], 0.0
     backbone = {"source": ctx.info.source, "sha256": ctx.info.sha256, "arch": ctx.info.arch,
